@@ -1,0 +1,107 @@
+"""Image I/O that never surprises: any mode in, float32 RGB in [0, 1] out; atomic writes."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from nstjax.errors import NstjaxError
+
+Image.MAX_IMAGE_PIXELS = 1 << 28  # large art scans are fine; decompression bombs are not
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) to float32 RGB in [0, 1]."""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        a = np.clip(a / peak, 0.0, 1.0)
+        return np.repeat(a[..., None], 3, axis=-1).astype(np.float32)
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float32)
+        a = np.clip(a / 255.0 if a.max(initial=0) > 1.0 else a, 0.0, 1.0)
+        return np.repeat(a[..., None], 3, axis=-1)
+    if mode == "P":
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Composite transparent pixels over white: what an image viewer shows.
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    im = im.convert("RGB")
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def load_image(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
+    """Read an image file as (H, W, 3) float32 RGB in [0, 1], honouring EXIF orientation."""
+    p = Path(path)
+    if not p.exists():
+        raise NstjaxError(f"{what} {str(path)!r}: file not found")
+    if p.is_dir():
+        raise NstjaxError(f"{what} {str(path)!r}: is a directory, expected an image file")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            arr = _to_rgb_array(im)
+    except UnidentifiedImageError:
+        raise NstjaxError(f"{what} {str(path)!r}: not a readable image (unknown format or corrupt)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise NstjaxError(f"{what} {str(path)!r}: cannot decode image ({e})") from None
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise NstjaxError(f"{what} {str(path)!r}: image is empty")
+    return arr
+
+
+def fit_size(hw: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """(H, W) scaled so the longer side is `long_side`, keeping the aspect ratio."""
+    h, w = hw
+    s = long_side / max(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def resize(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """High-quality resize of a float RGB image to exactly (H, W) (Lanczos when shrinking)."""
+    h, w = hw
+    if img.shape[:2] == (h, w):
+        return img
+    pil = Image.fromarray(np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    shrinking = h * w < img.shape[0] * img.shape[1]
+    pil = pil.resize((w, h), Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC)
+    return np.asarray(pil, dtype=np.float32) / 255.0
+
+
+def load_resized(path: str | os.PathLike, long_side: int | None, *, what: str = "image") -> np.ndarray:
+    """load_image, then scale so the longer side is `long_side` (None keeps the original size)."""
+    img = load_image(path, what=what)
+    if long_side is None:
+        return img
+    return resize(img, fit_size(img.shape[:2], long_side))
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(img, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def save_image(img: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write an (H, W, 3) float image atomically (temp file + rename), creating parent dirs."""
+    p = Path(path)
+    fmt = Image.registered_extensions().get(p.suffix.lower())
+    if fmt is None:
+        raise NstjaxError(f"output {str(path)!r}: unknown image extension (use .png or .jpg)")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            kw = {"quality": 95} if fmt == "JPEG" else {}
+            Image.fromarray(to_uint8(img)).save(f, format=fmt, **kw)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
