@@ -1,0 +1,37 @@
+# make demo  - stylize a photo with the default style (sets up .venv on first use)
+# make test  - run the test suite on CPU (sets up .venv on first use)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export NSTJAX_ASSETS ?= $(abspath ../shared)
+# Several simulated CPU devices on few cores can deadlock XLA collectives without this.
+export NPROC ?= 8
+export WANDB_MODE ?= offline
+
+.PHONY: demo test install bench-gatys bench-train clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m nstjax.stylize content.image=data/content/chicago.jpg style=mosaic \
+		size=256 steps=200 output=outputs/demo/chicago_mosaic.png
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench-gatys: install
+	bash benchmarks/setup_torch_env.sh
+	$(PY) benchmarks/bench_gatys.py
+
+bench-train: install
+	bash benchmarks/setup_torch_env.sh
+	$(PY) benchmarks/bench_train.py
+
+clean:
+	rm -rf outputs multirun wandb .pytest_cache

@@ -1,0 +1,576 @@
+"""Training checkpoints for the feed-forward trainer, on top of Orbax.
+
+One checkpoint is one step directory ``<ckpt_dir>/<step>/`` holding two items:
+
+* ``state``: the pytree of arrays (params, optimizer state, step, RNG key), written with
+  ``StandardSave`` so sharded ``jax.Array``s are stored per shard and restored onto the
+  shardings of the caller's template.
+* ``meta``: JSON with the data-iterator position, the resolved config and the metrics, so a
+  resumed run continues from the same batch with the same settings.
+
+Atomicity: Orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it to
+``<step>`` only after every item has been fully written (``AtomicRenameTemporaryPath``; the
+rename is the commit point). Orbax lists only names without the tmp suffix as steps, so a
+crash mid-save leaves a tmp directory that is never restored; ``cleanup_tmp_directories``
+deletes such leftovers the next time a :class:`Checkpointer` opens the directory.
+
+Retention: the last ``keep_last`` checkpoints plus the best one by ``best_metric`` (lower is
+better by default) are kept; the best-metric value is stored in Orbax's own ``metrics`` item,
+so the best checkpoint is still protected after a resume.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import math
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any, Iterable, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+from nstjax.errors import NstjaxError
+
+__all__ = [
+    "Checkpointer",
+    "GracefulStop",
+    "Restored",
+    "load_params_for_inference",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_ITEM = "state"
+META_ITEM = "meta"
+FORMAT_VERSION = 1
+RESUME_HINT = "set train.resume=false to start from scratch, or point train.ckpt_dir at another directory"
+_MAX_LISTED = 3  # how many mismatches an error line names before summarising
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What a resumed run needs: the state on the template's shardings plus bookkeeping."""
+
+    step: int
+    state: Any
+    data_state: Any
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _reason(e: BaseException) -> str:
+    """First line of an exception, short enough for a one-line CLI error."""
+    text = str(e).strip().splitlines()
+    line = text[0] if text else ""
+    line = f"{type(e).__name__}: {line}" if line else type(e).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _to_json(value: Any, where: str) -> Any:
+    """Convert numpy/jax scalars and tuples to plain JSON types; reject anything else early.
+
+    Orbax's JSON writer runs in a background thread, so a bad value would otherwise only
+    surface later, far from the call that caused it.
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"checkpoint {where}: keys must be strings, got {k!r}")
+            out[k] = _to_json(v, f"{where}.{k}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (np.generic, np.ndarray, jax.Array)) and np.size(value) == 1:
+        return np.asarray(value).item()
+    raise TypeError(f"checkpoint {where}: {type(value).__name__} is not JSON-serializable")
+
+
+def _encode_data_state(data_state: Any) -> dict[str, Any]:
+    """Tag the iterator state's type so bytes/str/dict come back exactly as given."""
+    if isinstance(data_state, bytes):
+        return {"kind": "bytes", "value": base64.b64encode(data_state).decode("ascii")}
+    if isinstance(data_state, str):
+        return {"kind": "str", "value": data_state}
+    return {"kind": "json", "value": _to_json(data_state, "data_state")}
+
+
+def _decode_data_state(blob: Any) -> Any:
+    if not isinstance(blob, Mapping) or "kind" not in blob:
+        raise ValueError("meta.data_state is malformed")
+    if blob["kind"] == "bytes":
+        return base64.b64decode(blob["value"])
+    return blob["value"]
+
+
+def _key_str(key: Any) -> str:
+    for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _flatten(tree: Any) -> dict[str, Any]:
+    """Leaves keyed by 'a/b/0/value' paths; Orbax stores the same paths as nested dicts/lists."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {"/".join(_key_str(k) for k in path): leaf for path, leaf in leaves}
+
+
+def _is_prng_key(leaf: Any) -> bool:
+    dtype = getattr(leaf, "dtype", None)
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _stored_shape(leaf: Any) -> tuple[int, ...]:
+    """Shape as written to disk: typed PRNG keys are stored as their raw uint32 key data."""
+    if _is_prng_key(leaf):
+        return tuple(jax.eval_shape(jax.random.key_data, leaf).shape)
+    shape = getattr(leaf, "shape", None)
+    return tuple(shape) if shape is not None else tuple(np.shape(leaf))
+
+
+def _mismatches(template: Any, stored_tree: Any) -> list[str]:
+    """Human-readable differences between the template and the checkpoint's array metadata.
+
+    Shallow paths first, so the error line names e.g. 'params/conv/kernel' before the
+    optimizer's copies of it.
+    """
+    want, have = _flatten(template), _flatten(stored_tree)
+    found: list[tuple[str, str]] = []
+    for p in want:
+        if p not in have:
+            found.append((p, f"'{p}' is missing from the checkpoint"))
+            continue
+        stored = getattr(have[p], "shape", None)
+        if stored is not None and tuple(stored) != _stored_shape(want[p]):
+            found.append((
+                p,
+                f"'{p}' has shape {tuple(stored)} in the checkpoint but the model expects "
+                f"{_stored_shape(want[p])}",
+            ))
+    found += [(p, f"the checkpoint has '{p}', which the model lacks") for p in have if p not in want]
+    found.sort(key=lambda item: item[0].count("/"))
+    return [message for _, message in found]
+
+
+def _summarise(problems: list[str]) -> str:
+    text = "; ".join(problems[:_MAX_LISTED])
+    if len(problems) > _MAX_LISTED:
+        text += f" (and {len(problems) - _MAX_LISTED} more)"
+    return text
+
+
+def _restore_target(template: Any) -> Any:
+    """Turn a template into restore targets that keep its shardings.
+
+    jax Arrays and ShapeDtypeStructs become ShapeDtypeStructs with a sharding (Orbax would
+    otherwise hand back numpy arrays, or reuse the sharding saved on disk, which breaks when
+    resuming on a different device); numpy arrays and Python scalars are restored as such.
+    """
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def one(leaf: Any) -> Any:
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            return leaf if leaf.sharding is not None else jax.ShapeDtypeStruct(
+                leaf.shape, leaf.dtype, sharding=default
+            )
+        if isinstance(leaf, jax.Array):
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+        return leaf
+
+    return jax.tree.map(one, template)
+
+
+def _check_directory(path: Path, hint: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise NstjaxError(f"checkpoint directory {path} is a file, not a directory; {hint}")
+
+
+# --------------------------------------------------------------------------------------
+# Checkpointer
+
+
+class Checkpointer:
+    """Periodic, asynchronous, atomic checkpoints of a training run.
+
+    Use as a context manager (or call :meth:`close`) so the last asynchronous save is
+    flushed before the process exits.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        save_every: int,
+        keep_last: int = 3,
+        keep_best: bool = True,
+        best_metric: str = "loss",
+        best_mode: str = "min",
+        async_save: bool = True,
+    ) -> None:
+        if save_every < 0:
+            raise NstjaxError(f"train.save_every must be >= 0 (0 = only at the end), got {save_every}")
+        if keep_last < 1:
+            raise NstjaxError(f"train.keep_last must be >= 1, got {keep_last}")
+        if best_mode not in ("min", "max"):
+            raise NstjaxError(f"best-checkpoint mode must be 'min' or 'max', got {best_mode!r}")
+        self.directory = Path(directory).expanduser().absolute()
+        self.save_every = save_every
+        self.keep_best = keep_best
+        self.best_metric = best_metric
+        self.best_mode = best_mode
+        self._warned_no_metric = False
+        self._closed = False
+        _check_directory(self.directory, RESUME_HINT)
+
+        worst = math.inf if best_mode == "min" else -math.inf
+
+        def rank(metrics: Mapping[str, float]) -> float:
+            value = metrics.get(best_metric)
+            return worst if value is None else float(value)
+
+        policies: list[ocm.PreservationPolicy] = [ocm.LatestN(n=keep_last)]
+        if keep_best:
+            # BestN keeps the *last* n after sorting; reverse=True sorts descending so the
+            # lowest values end up last (same convention as Orbax's best_mode='min').
+            policies.append(
+                ocm.BestN(
+                    get_metric_fn=rank,
+                    reverse=best_mode == "min",
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            # best_fn makes Orbax persist the ranking metric and reload it on resume.
+            best_fn=rank if keep_best else None,
+            best_mode=best_mode,
+            preservation_policy=ocm.AnyPreservationPolicy(policies),
+            # We decide when to save (should_save); Orbax's own policy would also save the
+            # very first step it sees.
+            save_interval_steps=1,
+            cleanup_tmp_directories=True,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+        state_handler = ocp.StandardCheckpointHandler()
+        registry.add(STATE_ITEM, ocp.args.StandardSave, state_handler)
+        registry.add(STATE_ITEM, ocp.args.StandardRestore, state_handler)
+        meta_handler = ocp.JsonCheckpointHandler()
+        registry.add(META_ITEM, ocp.args.JsonSave, meta_handler)
+        registry.add(META_ITEM, ocp.args.JsonRestore, meta_handler)
+        try:
+            self._mngr = ocp.CheckpointManager(
+                self.directory, handler_registry=registry, options=options
+            )
+        except Exception as e:  # unreadable dir, bad metrics file, permissions, ...
+            raise NstjaxError(
+                f"cannot open checkpoint directory {self.directory}: {_reason(e)}; {RESUME_HINT}"
+            ) from e
+
+    # -- queries -----------------------------------------------------------------------
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._mngr.all_steps())
+
+    def best_step(self) -> int | None:
+        return self._mngr.best_step() if self.keep_best else None
+
+    def should_save(self, step: int) -> bool:
+        """True on every ``save_every``-th step that has not been saved yet."""
+        if self.save_every <= 0 or step <= 0 or step % self.save_every:
+            return False
+        return step not in self._mngr.all_steps()
+
+    # -- saving ------------------------------------------------------------------------
+
+    def _ranking_metrics(self, metrics: Mapping[str, Any]) -> dict[str, float] | None:
+        """The value Orbax ranks by; {} (ranked worst) if it is missing or not finite.
+
+        {} rather than None: Orbax warns on every metric-less save when best_fn is set.
+        """
+        if not self.keep_best:
+            return None
+        if self.best_metric not in metrics:
+            if not self._warned_no_metric:
+                log.warning(
+                    "checkpoint metrics have no %r; such steps never count as the best",
+                    self.best_metric,
+                )
+                self._warned_no_metric = True
+            return {}
+        value = float(np.asarray(metrics[self.best_metric]))
+        return {self.best_metric: value} if math.isfinite(value) else {}
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        data_state: Any,
+        config: Mapping[str, Any],
+        metrics: Mapping[str, Any],
+        force: bool = False,
+    ) -> bool:
+        """Start saving ``step``; returns False if skipped (not due, or already saved).
+
+        Returns once the arrays are copied off the device, so the caller may donate or
+        overwrite ``state``; the write itself finishes in the background (see :meth:`wait`).
+        ``force=True`` saves regardless of ``save_every`` (end of training, SIGTERM).
+        """
+        if not force and not self.should_save(step):
+            return False
+        if step in self._mngr.all_steps():
+            return False
+        meta = {
+            "format": FORMAT_VERSION,
+            "step": int(step),
+            "data_state": _encode_data_state(data_state),
+            "config": _to_json(dict(config), "config"),
+            "metrics": _to_json(dict(metrics), "metrics"),
+        }
+        args = ocp.args.Composite(
+            **{STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)}
+        )
+        try:
+            return bool(
+                self._mngr.save(step, args=args, metrics=self._ranking_metrics(metrics), force=True)
+            )
+        except Exception as e:
+            raise NstjaxError(
+                f"could not write checkpoint step {step} to {self.directory}: {_reason(e)}"
+            ) from e
+
+    def wait(self) -> None:
+        """Block until the pending asynchronous save (and old-step deletion) is on disk."""
+        try:
+            self._mngr.wait_until_finished()
+        except Exception as e:
+            raise NstjaxError(f"could not write checkpoint to {self.directory}: {_reason(e)}") from e
+
+    def close(self) -> None:
+        """Flush pending saves and stop Orbax's background threads; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.wait()
+        finally:
+            self._mngr.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- restoring ---------------------------------------------------------------------
+
+    def restore_latest(self, template_state: Any) -> Restored | None:
+        """Restore the newest finished checkpoint, or return None if there is none.
+
+        ``template_state`` (a ShapeDtypeStruct tree, e.g. from ``jax.eval_shape``, or a
+        concrete state) fixes the structure, dtypes and shardings of the result.
+        """
+        step = self.latest_step()
+        if step is None:
+            return None
+        return self.restore(step, template_state)
+
+    def restore(self, step: int, template_state: Any) -> Restored:
+        """Restore a given step; any problem becomes one NstjaxError line naming the dir."""
+        step_dir = self.directory / str(step)
+
+        def fail(why: str, cause: BaseException | None = None) -> NstjaxError:
+            err = NstjaxError(f"cannot resume from checkpoint {step_dir}: {why}; {RESUME_HINT}")
+            err.__cause__ = cause
+            return err
+
+        try:
+            metadata = self._mngr.item_metadata(step)
+            stored = metadata[STATE_ITEM] if STATE_ITEM in metadata else None
+        except Exception as e:
+            raise fail(f"unreadable ({_reason(e)})", e) from e
+        if stored is None or getattr(stored, "tree", None) is None:
+            raise fail("it is incomplete or not an nstjax checkpoint (no readable 'state' item)")
+        problems = _mismatches(template_state, stored.tree)
+        if problems:
+            raise fail(f"it does not match the current model: {_summarise(problems)}")
+        args = ocp.args.Composite(
+            **{
+                STATE_ITEM: ocp.args.StandardRestore(_restore_target(template_state)),
+                META_ITEM: ocp.args.JsonRestore(),
+            }
+        )
+        try:
+            restored = self._mngr.restore(step, args=args)
+            meta = restored[META_ITEM]
+            if not isinstance(meta, Mapping) or meta.get("format") != FORMAT_VERSION:
+                raise ValueError(f"unsupported meta format {meta.get('format') if isinstance(meta, Mapping) else meta!r}")
+            data_state = _decode_data_state(meta["data_state"])
+            return Restored(
+                step=int(step),
+                state=restored[STATE_ITEM],
+                data_state=data_state,
+                config=dict(meta["config"]),
+                metrics=dict(meta["metrics"]),
+            )
+        except Exception as e:
+            raise fail(f"unreadable ({_reason(e)})", e) from e
+
+
+# --------------------------------------------------------------------------------------
+# Inference loading
+
+
+def _unwrap_variables(tree: Any) -> Any:
+    """Orbax stores an nnx Variable as {'value': array}; return nnx's "pure dict" form.
+
+    Digit-string keys (nnx.List / Sequential layer indices) become ints again, like
+    ``nnx.restore_int_paths``, so the result feeds ``nnx.replace_by_pure_dict``/``nnx.update``.
+    """
+    if isinstance(tree, Mapping):
+        if set(tree) == {"value"} and not isinstance(tree["value"], (Mapping, list)):
+            return tree["value"]
+        return {
+            (int(k) if isinstance(k, str) and k.isdigit() else k): _unwrap_variables(v)
+            for k, v in tree.items()
+        }
+    if isinstance(tree, list):
+        return [_unwrap_variables(v) for v in tree]
+    return tree
+
+
+def load_params_for_inference(
+    directory: str | Path,
+    step: int | None = None,
+    *,
+    params_key: str = "params",
+    template: Any = None,
+) -> tuple[Any, dict[str, Any], int]:
+    """Load only ``state[params_key]`` and the config from a training checkpoint.
+
+    No optimizer template is needed: the optimizer state is skipped with Orbax's partial
+    restore. Without ``template`` the params come back as host numpy arrays in nnx's pure
+    dict form (apply with ``nnx.update(model, params)``); with a template (e.g.
+    ``nnx.state(abstract_model, nnx.Param)``) they come back in its structure and shardings.
+    Returns ``(params, config, step)``.
+    """
+    path = Path(directory).expanduser().absolute()
+    hint = "check the checkpoint path"
+    _check_directory(path, hint)
+    if not path.is_dir():
+        raise NstjaxError(f"checkpoint directory {path} does not exist; {hint}")
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    registry.add(STATE_ITEM, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())
+    registry.add(META_ITEM, ocp.args.JsonRestore, ocp.JsonCheckpointHandler())
+    try:
+        mngr = ocp.CheckpointManager(
+            path,
+            handler_registry=registry,
+            options=ocp.CheckpointManagerOptions(save_interval_steps=0, create=False),
+        )
+    except Exception as e:
+        raise NstjaxError(f"cannot read checkpoint directory {path}: {_reason(e)}; {hint}") from e
+    try:
+        steps = sorted(mngr.all_steps())
+        if not steps:
+            raise NstjaxError(f"no finished checkpoint in {path}; {hint}")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise NstjaxError(f"checkpoint {path} has no step {step} (available: {steps}); {hint}")
+        step_dir = path / str(step)
+        try:
+            stored = mngr.item_metadata(step)[STATE_ITEM]
+            tree = stored.tree if stored is not None else None
+        except Exception as e:
+            raise NstjaxError(f"checkpoint {step_dir} is unreadable: {_reason(e)}; {hint}") from e
+        if not isinstance(tree, Mapping) or params_key not in tree:
+            raise NstjaxError(f"checkpoint {step_dir} has no '{params_key}' entry; {hint}")
+        if template is None:
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[params_key])
+            restore_args = jax.tree.map(
+                lambda m: ocp.RestoreArgs(restore_type=np.ndarray), tree[params_key]
+            )
+            restore = ocp.args.PyTreeRestore(
+                item={params_key: target},
+                restore_args={params_key: restore_args},
+                partial_restore=True,
+            )
+        else:
+            problems = _mismatches(template, tree[params_key])
+            if problems:
+                raise NstjaxError(
+                    f"checkpoint {step_dir} does not match the model: {_summarise(problems)}; {hint}"
+                )
+            target = {params_key: _restore_target(template)}
+            restore = ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True,
+            )
+        try:
+            restored = mngr.restore(
+                step, args=ocp.args.Composite(**{STATE_ITEM: restore, META_ITEM: ocp.args.JsonRestore()})
+            )
+            params = restored[STATE_ITEM][params_key]
+            config = dict(restored[META_ITEM]["config"])
+        except Exception as e:
+            raise NstjaxError(f"checkpoint {step_dir} is unreadable: {_reason(e)}; {hint}") from e
+        return (_unwrap_variables(params) if template is None else params), config, int(step)
+    finally:
+        mngr.close()
+
+
+# --------------------------------------------------------------------------------------
+# Graceful stop
+
+
+class GracefulStop:
+    """Turn SIGTERM / Ctrl-C into a flag so the loop can save a checkpoint and exit cleanly.
+
+    A second Ctrl-C raises KeyboardInterrupt as usual, for a user who does not want to wait
+    for the final save. Outside the main thread (where Python cannot install handlers) this
+    is a no-op and ``requested`` stays False.
+    """
+
+    def __init__(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        self.signals = tuple(signals)
+        self.requested = False
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._previous.items():
+            # None means the old handler was installed from C and cannot be reinstated.
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self._previous.clear()

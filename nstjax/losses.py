@@ -1,0 +1,44 @@
+"""Perceptual losses as small pure functions of VGG features (and of the image, for TV).
+
+Conventions (those of jcjohnson/neural-style): features come from Caffe-preprocessed images
+(0..255 scale), every loss is a mean, and Gram matrices are normalized by C*H*W. Means keep
+the weights meaningful across resolutions, which the coarse-to-fine pyramid relies on.
+To add a loss: write a pure function here and give it a weight in the objective that uses it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+Features = Mapping[str, jax.Array]
+
+
+def gram(f: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, C, C) Gram matrices normalized by C*H*W (computed in float32)."""
+    b, h, w, c = f.shape
+    x = f.reshape(b, h * w, c).astype(jnp.float32)
+    return jnp.einsum("bnc,bnd->bcd", x, x, precision=jax.lax.Precision.HIGHEST) / (c * h * w)
+
+
+def mse(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.square(a - b))
+
+
+def content_loss(feats: Features, targets: Features, weights: Mapping[str, float]) -> jax.Array:
+    """Sum over layers of w_l * mean((F_l - T_l)^2)."""
+    return sum(w * mse(feats[k], targets[k]) for k, w in weights.items())
+
+
+def style_loss(feats: Features, target_grams: Features, weights: Mapping[str, float]) -> jax.Array:
+    """Sum over layers of w_l * mean((G(F_l) - G_target_l)^2); target grams broadcast over batch."""
+    return sum(w * mse(gram(feats[k]), target_grams[k]) for k, w in weights.items())
+
+
+def tv_loss(rgb01: jax.Array) -> jax.Array:
+    """Squared total variation of the image on the 0..255 scale: mean(dy^2) + mean(dx^2)."""
+    y = rgb01 * 255.0
+    dy = y[:, 1:, :, :] - y[:, :-1, :, :]
+    dx = y[:, :, 1:, :] - y[:, :, :-1, :]
+    return jnp.mean(jnp.square(dy)) + jnp.mean(jnp.square(dx))

@@ -1,0 +1,120 @@
+"""The VGG-19 loss network (Simonyan & Zisserman, ImageNet weights) in Flax NNX.
+
+One forward pass returns every named feature a loss asks for (``relu4_2``, ``conv1_1``, ``pool3``...),
+so each image is encoded once for all losses. The network stops at the deepest requested layer.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from functools import cache
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from nstjax import assets
+from nstjax.errors import NstjaxError
+
+# Caffe preprocessing the weights were trained with: BGR, 0..255, mean subtracted.
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
+BLOCKS = (2, 2, 4, 4, 4)
+CHANNELS = (64, 128, 256, 512, 512)
+
+
+@cache
+def layer_order() -> tuple[str, ...]:
+    """All layer names in forward order: conv1_1, relu1_1, ..., pool1, ..., relu5_4."""
+    names: list[str] = []
+    for b, n in enumerate(BLOCKS, 1):
+        for c in range(1, n + 1):
+            names += [f"conv{b}_{c}", f"relu{b}_{c}"]
+        if b < len(BLOCKS):
+            names.append(f"pool{b}")
+    return tuple(names)
+
+
+def check_layers(layers: Iterable[str], setting: str = "layers") -> None:
+    known = set(layer_order())
+    for name in layers:
+        if name not in known:
+            raise NstjaxError(f"{setting}: unknown VGG-19 layer {name!r} (use conv1_1..relu5_4 or pool1..pool4)")
+
+
+def preprocess(rgb01: jax.Array) -> jax.Array:
+    """[0, 1] RGB -> Caffe input (0..255 BGR minus the ImageNet mean)."""
+    return rgb01[..., ::-1] * 255.0 - jnp.asarray(CAFFE_MEAN_BGR)
+
+
+class VGG19(nnx.Module):
+    """VGG-19 convolutional trunk (NHWC). `pooling` is 'max' (the original) or 'avg' (Gatys)."""
+
+    def __init__(self, *, pooling: str = "max", dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+        if pooling not in ("max", "avg"):
+            raise NstjaxError(f"pooling: expected 'max' or 'avg', got {pooling!r}")
+        rngs = rngs or nnx.Rngs(0)
+        convs = {}
+        cin = 3
+        for b, (n, cout) in enumerate(zip(BLOCKS, CHANNELS), 1):
+            for c in range(1, n + 1):
+                convs[f"conv{b}_{c}"] = nnx.Conv(cin, cout, (3, 3), padding="SAME", dtype=dtype, rngs=rngs)
+                cin = cout
+        self.convs = nnx.Dict(convs)
+        self.pooling = pooling
+        self.dtype = dtype
+
+    def _pool(self, x: jax.Array) -> jax.Array:
+        if self.pooling == "max":
+            return nnx.max_pool(x, (2, 2), strides=(2, 2))
+        return nnx.avg_pool(x, (2, 2), strides=(2, 2))
+
+    def __call__(self, rgb01: jax.Array, layers: Sequence[str]) -> dict[str, jax.Array]:
+        """Features of a [0, 1] RGB batch at `layers` (float32), computed up to the deepest one."""
+        wanted = set(layers)
+        order = layer_order()
+        last = max(order.index(n) for n in wanted)
+        x = preprocess(rgb01.astype(jnp.float32)).astype(self.dtype)
+        out: dict[str, jax.Array] = {}
+        for name in order[: last + 1]:
+            if name.startswith("conv"):
+                x = self.convs[name](x)
+            elif name.startswith("relu"):
+                x = jax.nn.relu(x)
+            else:
+                x = self._pool(x)
+            if name in wanted:
+                out[name] = x.astype(jnp.float32)
+        return out
+
+
+def read_h5_weights(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{conv{b}_{c}: (kernel HWIO, bias)} from the Keras 'notop' HDF5 file."""
+    out = {}
+    try:
+        with h5py.File(path, "r") as f:
+            for b, n in enumerate(BLOCKS, 1):
+                for c in range(1, n + 1):
+                    g = f[f"block{b}_conv{c}"]
+                    out[f"conv{b}_{c}"] = (np.asarray(g[f"block{b}_conv{c}_W_1:0"], np.float32),
+                                           np.asarray(g[f"block{b}_conv{c}_b_1:0"], np.float32))
+    except (OSError, KeyError) as e:
+        raise NstjaxError(f"VGG-19 weights {str(path)!r}: not a Keras VGG-19 notop HDF5 file ({e})") from None
+    return out
+
+
+def load_vgg19(weights: str | None = None, *, pooling: str = "max", dtype=jnp.float32,
+               assets_dir: str | None = None) -> VGG19:
+    """VGG-19 with the ImageNet weights, found via nstjax.assets (path, assets dir, cache, download)."""
+    path = assets.resolve(weights or assets.VGG19_NAME, assets=assets_dir, what="VGG-19 weights")
+    params = read_h5_weights(path)
+    # Build abstractly (no 20M-parameter random init), then fill in the real weights.
+    model = nnx.eval_shape(lambda: VGG19(pooling=pooling, dtype=dtype))
+    for name, (w, bias) in params.items():
+        conv = model.convs[name]
+        if conv.kernel.shape != w.shape:
+            raise NstjaxError(f"VGG-19 weights {str(path)!r}: {name} has shape {w.shape}, "
+                              f"expected {conv.kernel.shape}")
+        conv.kernel.set_value(jnp.asarray(w))
+        conv.bias.set_value(jnp.asarray(bias))
+    return model
