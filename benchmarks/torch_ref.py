@@ -85,7 +85,8 @@ torch.compile's compilation with ``--backend compile``).
 Both modes: ``framework, torch_version, mode, backend, memory_format,
 threads, seed, steps, warmup, warmup_s, ms_per_step (total_s / steps),
 ms_per_step_median, ms_per_step_min, total_s, peak_rss_mb,
-weights`` and, for sweeps, ``runs`` and ``selected_variant``.
+weights``; ``dynamo`` (unique_graphs, graph_breaks) with
+``--backend compile``; for sweeps, ``runs`` and ``selected_variant``.
 gatys adds: ``optimizer, lr, content_weight, style_weight, tv_weight,
 content_layers, style_layers, content_shape, style_shape, func_evals,
 func_evals_per_step, ms_per_func_eval, warmup_func_evals, loss_init,
@@ -309,6 +310,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_weights() -> str:
     assets = os.environ.get("NSTJAX_ASSETS", "")
     return os.path.join(assets, "weights", VGG_WEIGHTS_NAME) if assets else VGG_WEIGHTS_NAME
@@ -336,6 +344,16 @@ def step_stats(step_s: list[float]) -> dict[str, float | None]:
     mid = len(ms) // 2
     med = ms[mid] if len(ms) % 2 else 0.5 * (ms[mid - 1] + ms[mid])
     return {"ms_per_step_median": med, "ms_per_step_min": ms[0]}
+
+
+def dynamo_stats() -> dict[str, int] | None:
+    """Graph count and graph breaks seen by torch.compile (diagnostic only)."""
+    try:
+        from torch._dynamo.utils import counters
+        return {"unique_graphs": int(counters["stats"]["unique_graphs"]),
+                "graph_breaks": int(sum(counters["graph_break"].values()))}
+    except Exception:  # private API; never fail a benchmark over it
+        return None
 
 
 def floats(d: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -603,7 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", required=True, help="JSON result path")
         sp.add_argument("--steps", type=int, required=True)
         sp.add_argument("--weights", default=default_weights())
-        sp.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+        sp.add_argument("--threads", type=int, default=available_cores(),
+                        help="torch intra-op threads (default: all usable cores)")
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--backend", default="eager", help="comma list of eager,compile")
         sp.add_argument("--memory-format", default="contiguous",
@@ -643,6 +662,8 @@ def run_one(args) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     res = run_gatys(args) if args.mode == "gatys" else run_train(args)
+    if args.backend == "compile":
+        res["dynamo"] = dynamo_stats()
     head = {
         "framework": "pytorch",
         "torch_version": torch.__version__,

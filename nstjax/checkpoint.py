@@ -11,8 +11,8 @@ One checkpoint is one step directory ``<ckpt_dir>/<step>/`` holding two items:
 Atomicity: Orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it to
 ``<step>`` only after every item has been fully written (``AtomicRenameTemporaryPath``; the
 rename is the commit point). Orbax lists only names without the tmp suffix as steps, so a
-crash mid-save leaves a tmp directory that is never restored; ``cleanup_tmp_directories``
-deletes such leftovers the next time a :class:`Checkpointer` opens the directory.
+crash mid-save leaves a tmp directory that is never restored; the next :class:`Checkpointer`
+opened on the directory deletes such leftovers.
 
 Retention: the last ``keep_last`` checkpoints plus the best one by ``best_metric`` (lower is
 better by default) are kept; the best-metric value is stored in Orbax's own ``metrics`` item,
@@ -24,11 +24,12 @@ import base64
 import dataclasses
 import logging
 import math
+import shutil
 import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -49,7 +50,10 @@ log = logging.getLogger(__name__)
 STATE_ITEM = "state"
 META_ITEM = "meta"
 FORMAT_VERSION = 1
-RESUME_HINT = "set train.resume=false to start from scratch, or point train.ckpt_dir at another directory"
+RESUME_HINT = (
+    "set train.resume=false to start over (discarding its checkpoints), "
+    "or point train.ckpt_dir at another directory"
+)
 _MAX_LISTED = 3  # how many mismatches an error line names before summarising
 
 
@@ -91,7 +95,7 @@ def _to_json(value: Any, where: str) -> Any:
                 raise TypeError(f"checkpoint {where}: keys must be strings, got {k!r}")
             out[k] = _to_json(v, f"{where}.{k}")
         return out
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
         return [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, (np.generic, np.ndarray, jax.Array)) and np.size(value) == 1:
         return np.asarray(value).item()
@@ -173,11 +177,12 @@ def _summarise(problems: list[str]) -> str:
 
 
 def _restore_target(template: Any) -> Any:
-    """Turn a template into restore targets that keep its shardings.
+    """Turn a template into restore targets that carry an explicit sharding.
 
-    jax Arrays and ShapeDtypeStructs become ShapeDtypeStructs with a sharding (Orbax would
-    otherwise hand back numpy arrays, or reuse the sharding saved on disk, which breaks when
-    resuming on a different device); numpy arrays and Python scalars are restored as such.
+    jax Arrays keep their sharding; sharding-less ShapeDtypeStructs get the default device.
+    Without one, Orbax falls back to version-dependent behaviour (numpy arrays, or the
+    sharding saved on disk, which breaks when resuming on other devices). numpy arrays and
+    Python scalars are restored as such.
     """
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
@@ -219,6 +224,7 @@ class Checkpointer:
         best_metric: str = "loss",
         best_mode: str = "min",
         async_save: bool = True,
+        discard_existing: bool = False,
     ) -> None:
         if save_every < 0:
             raise NstjaxError(f"train.save_every must be >= 0 (0 = only at the end), got {save_every}")
@@ -258,10 +264,12 @@ class Checkpointer:
             best_fn=rank if keep_best else None,
             best_mode=best_mode,
             preservation_policy=ocm.AnyPreservationPolicy(policies),
-            # We decide when to save (should_save); Orbax's own policy would also save the
-            # very first step it sees.
+            # Unused: save() decides via should_save() and always passes force=True, because
+            # Orbax's default policy would also save the very first step it sees.
             save_interval_steps=1,
-            cleanup_tmp_directories=True,
+            # Leftover tmp dirs are removed synchronously below: Orbax's own cleanup runs in
+            # a thread that close() does not join, and that a quick exit turns into a traceback.
+            cleanup_tmp_directories=False,
             enable_async_checkpointing=async_save,
             create=True,
         )
@@ -273,12 +281,50 @@ class Checkpointer:
         registry.add(META_ITEM, ocp.args.JsonSave, meta_handler)
         registry.add(META_ITEM, ocp.args.JsonRestore, meta_handler)
         try:
+            self._remove_unfinished_saves()
             self._mngr = ocp.CheckpointManager(
                 self.directory, handler_registry=registry, options=options
             )
         except Exception as e:  # unreadable dir, bad metrics file, permissions, ...
             raise NstjaxError(
                 f"cannot open checkpoint directory {self.directory}: {_reason(e)}; {RESUME_HINT}"
+            ) from e
+        if discard_existing:
+            self._discard_existing()
+
+    def _remove_unfinished_saves(self) -> None:
+        """Delete ``<step>.orbax-checkpoint-tmp*`` dirs left by a crash mid-save.
+
+        They are never restored anyway (see the module docstring); this only frees the disk.
+        Assumes one writer per directory, like the rest of this class.
+        """
+        if not self.directory.is_dir():
+            return
+        for tmp in ocp.path.step.all_temporary_paths(self.directory):
+            log.info("removing unfinished checkpoint %s", tmp.get())
+            shutil.rmtree(Path(tmp.get()))
+
+    def _discard_existing(self) -> None:
+        """Delete an earlier run's checkpoints when starting over (train.resume=false).
+
+        Left in place they would collide with the new run: save() skips steps that already
+        exist, retention would prefer the old run's higher steps, and a later resume would
+        pick them up.
+        """
+        steps = self.all_steps()
+        if not steps:
+            return
+        log.warning(
+            "starting over: deleting %d existing checkpoint(s) in %s (steps %s..%s)",
+            len(steps), self.directory, steps[0], steps[-1],
+        )
+        try:
+            for step in steps:
+                self._mngr.delete(step)
+        except Exception as e:
+            raise NstjaxError(
+                f"cannot delete old checkpoints in {self.directory}: {_reason(e)}; "
+                "point train.ckpt_dir at another directory"
             ) from e
 
     # -- queries -----------------------------------------------------------------------
@@ -395,6 +441,7 @@ class Checkpointer:
 
     def restore(self, step: int, template_state: Any) -> Restored:
         """Restore a given step; any problem becomes one NstjaxError line naming the dir."""
+        self.wait()  # a step saved asynchronously is listed before its directory exists
         step_dir = self.directory / str(step)
 
         def fail(why: str, cause: BaseException | None = None) -> NstjaxError:
@@ -498,10 +545,16 @@ def load_params_for_inference(
             raise NstjaxError(f"checkpoint {path} has no step {step} (available: {steps}); {hint}")
         step_dir = path / str(step)
         try:
-            stored = mngr.item_metadata(step)[STATE_ITEM]
-            tree = stored.tree if stored is not None else None
+            metadata = mngr.item_metadata(step)
+            stored = metadata[STATE_ITEM] if STATE_ITEM in metadata else None
+            tree = getattr(stored, "tree", None)
         except Exception as e:
             raise NstjaxError(f"checkpoint {step_dir} is unreadable: {_reason(e)}; {hint}") from e
+        if tree is None:
+            raise NstjaxError(
+                f"checkpoint {step_dir} is incomplete or not an nstjax checkpoint "
+                f"(no readable 'state' item); {hint}"
+            )
         if not isinstance(tree, Mapping) or params_key not in tree:
             raise NstjaxError(f"checkpoint {step_dir} has no '{params_key}' entry; {hint}")
         if template is None:

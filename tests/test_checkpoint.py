@@ -5,6 +5,9 @@ import functools
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,10 @@ from flax import nnx
 
 from nstjax.checkpoint import Checkpointer, GracefulStop, load_params_for_inference
 from nstjax.errors import NstjaxError
+
+# Orbax warns (UserWarning) when it falls back to the sharding saved on disk, which breaks
+# when resuming on other devices; restores must always use the caller's shardings.
+pytestmark = pytest.mark.filterwarnings("error::UserWarning")
 
 
 class TinyNet(nnx.Module):
@@ -94,14 +101,16 @@ def test_restore_keeps_template_sharding(tmp_path: Path) -> None:
     state = make_state()
     with Checkpointer(tmp_path, save_every=1) as ckpt:
         ckpt.save(1, state, data_state={}, config={}, metrics={"loss": 1.0})
-        ckpt.wait()
+        # No wait(): restoring must itself wait for the asynchronous save to land.
         template = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
         )
         got = ckpt.restore_latest(template)
-    assert got is not None
+        from_concrete = ckpt.restore_latest(state)  # a concrete state works as template too
+    assert got is not None and from_concrete is not None
     for r, t in zip(jax.tree.leaves(got.state), jax.tree.leaves(template)):
         assert r.sharding == t.sharding
+    leaves_equal(from_concrete.state, state)
 
 
 @pytest.mark.parametrize("data_state", [b'{"pos": 5}\x00\xff', '{"pos": 5}', None])
@@ -143,6 +152,30 @@ def test_should_save_and_no_duplicate_final_save(tmp_path: Path) -> None:
         assert ckpt.save(7, state, data_state={}, config={}, metrics={}, force=True)
         ckpt.wait()
         assert ckpt.all_steps() == [6, 7] and ckpt.latest_step() == 7
+
+
+def test_discard_existing_starts_over(tmp_path: Path) -> None:
+    state = {"w": jnp.zeros(2)}
+    with Checkpointer(tmp_path, save_every=1) as ckpt:
+        for step in (10, 20):
+            ckpt.save(step, state, data_state={}, config={}, metrics={"loss": 0.1})
+    with Checkpointer(tmp_path, save_every=1, discard_existing=True) as ckpt:
+        assert ckpt.latest_step() is None and step_dirs(tmp_path) == set()
+        assert ckpt.save(10, state, data_state={"new": True}, config={}, metrics={"loss": 1.0})
+        ckpt.wait()
+        got = ckpt.restore_latest(abstract(state))
+    assert got is not None and got.step == 10 and got.data_state == {"new": True}
+
+
+def test_buffers_may_be_freed_once_save_returns(tmp_path: Path) -> None:
+    """The trainer donates its state to the next step right after save() returns."""
+    with Checkpointer(tmp_path, save_every=1) as ckpt:
+        w = jnp.arange(1000.0)
+        ckpt.save(1, {"w": w}, data_state={}, config={}, metrics={})
+        w.delete()
+        got = ckpt.restore_latest({"w": jax.ShapeDtypeStruct((1000,), jnp.float32)})
+    assert got is not None
+    np.testing.assert_array_equal(np.asarray(got.state["w"]), np.arange(1000.0))
 
 
 def test_empty_directory_restores_nothing(tmp_path: Path) -> None:
@@ -220,11 +253,13 @@ def test_half_written_tmp_checkpoint_is_ignored(tmp_path: Path) -> None:
     # Readers that do not clean up still skip it...
     _, _, step = load_params_for_inference(tmp_path, params_key="w")
     assert step == 2
-    # ...and a training Checkpointer skips it and deletes it.
+    # ...and a training Checkpointer deletes it on opening, then resumes from step 2.
     with Checkpointer(tmp_path, save_every=1) as ckpt:
+        assert step_dirs(tmp_path) == {"1", "2"}
         got = ckpt.restore_latest(abstract(state))
         assert got is not None and got.step == 2 and got.data_state == {"i": 2}
-    assert step_dirs(tmp_path) == {"1", "2"}
+        assert ckpt.save(3, state, data_state={"i": 3}, config={}, metrics={})
+    assert step_dirs(tmp_path) == {"1", "2", "3"}
 
 
 def test_crash_before_commit_leaves_previous_checkpoint(
@@ -273,6 +308,102 @@ def test_graceful_stop_sets_flag_and_restores_handlers() -> None:
         assert calls == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+TRAIN_LOOP = textwrap.dedent(
+    """
+    import sys, time
+    import jax.numpy as jnp
+    from nstjax.checkpoint import Checkpointer, GracefulStop
+
+    with Checkpointer(sys.argv[1], save_every=1000) as ckpt, GracefulStop() as stop:
+        state = {"w": jnp.zeros(3)}
+        step = 0
+        while not stop.requested:
+            step += 1
+            state = {"w": state["w"] + 1}
+            if step == 5:
+                print("ready", flush=True)
+            time.sleep(0.01)
+        ckpt.save(step, state, data_state={"pos": step}, config={}, metrics={}, force=True)
+    print("saved", step, stop.signal_name, flush=True)
+    """
+)
+
+
+def test_sigterm_saves_final_checkpoint_and_exits_cleanly(tmp_path: Path) -> None:
+    """The trainer's pattern end to end: SIGTERM -> flag -> forced save -> flushed on exit."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRAIN_LOOP, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"},
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err  # no background thread outlives close()
+    _, step, name = out.split()
+    assert name == "SIGTERM"
+    with Checkpointer(tmp_path, save_every=1000) as ckpt:
+        got = ckpt.restore_latest({"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
+    assert got is not None and got.step == int(step) and got.data_state == {"pos": int(step)}
+    np.testing.assert_array_equal(np.asarray(got.state["w"]), np.full(3, float(step)))
+
+
+SHARDED = textwrap.dedent(
+    """
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from nstjax.checkpoint import Checkpointer, load_params_for_inference
+
+    assert jax.device_count() == 4, jax.devices()
+    mesh = jax.make_mesh((4,), ("data",))
+    sharded = NamedSharding(mesh, P("data"))
+    replicated = NamedSharding(mesh, P())
+    x = np.arange(32, dtype=np.float32).reshape(8, 4)
+    state = {"params": {"w": jax.device_put(x, replicated)}, "stats": jax.device_put(x, sharded)}
+    with Checkpointer(sys.argv[1], save_every=1) as ckpt:
+        ckpt.save(1, state, data_state={}, config={}, metrics={"loss": 1.0})
+        ckpt.wait()
+        # Restore onto different shardings than were saved (e.g. a new mesh layout).
+        template = {
+            "params": {"w": jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded)},
+            "stats": jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        }
+        got = ckpt.restore_latest(template).state
+    assert got["params"]["w"].sharding == sharded and got["stats"].sharding == replicated
+    np.testing.assert_array_equal(np.asarray(got["params"]["w"]), x)
+    np.testing.assert_array_equal(np.asarray(got["stats"]), x)
+    params, _, _ = load_params_for_inference(sys.argv[1])
+    np.testing.assert_array_equal(params["w"], x)
+    print("ok", flush=True)
+    """
+)
+
+
+def test_sharded_arrays_restore_onto_template_shardings(tmp_path: Path) -> None:
+    """Data-parallel states: save per-shard over 4 devices, restore onto other shardings."""
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", SHARDED, str(tmp_path)],
+        capture_output=True, text=True, cwd=root, env=env, timeout=120,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_load_params_for_inference(tmp_path: Path) -> None:

@@ -1,0 +1,71 @@
+"""`python -m nstjax.stylize`: a real run, a sweep, and one clear line for every bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+
+def run_cli(args, cwd, assets, module="nstjax.stylize", timeout=600):
+    env = dict(os.environ, NSTJAX_ASSETS=str(assets), WANDB_MODE="offline", NSTJAX_NO_PROGRESS="1")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_stylize_writes_image_and_report(tmp_path, assets):
+    r = run_cli(["content.image=data/content/amber.jpg", "style=candy", "size=48", "steps=6",
+                 "log_every=3", "optimizer=adam", "color=luminance", f"output={tmp_path}/o.png",
+                 f"hydra.run.dir={tmp_path}/run"], tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert Image.open(tmp_path / "o.png").size == (48, 48)
+    rep = json.loads((tmp_path / "o.json").read_text())
+    for k in ("content", "style", "tv", "total"):
+        assert k in rep["initial"] and k in rep["final"]
+    assert rep["final"]["total"] < rep["initial"]["total"]
+    assert rep["steps"] == 6 and rep["size"] == [48, 48] and rep["device"].startswith("cpu")
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "W&B offline run missing"
+
+
+def test_multirun_sweep(tmp_path, assets):
+    r = run_cli(["-m", "loss.style_weight=10,1000", "size=32", "steps=2", "log_every=2",
+                 "optimizer=adam", "wandb=disabled", "output=${hydra:sweep.dir}/${hydra:job.num}.png",
+                 f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-2000:]
+    reps = [json.loads((tmp_path / "sweep" / f"{i}.json").read_text()) for i in (0, 1)]
+    assert reps[0]["final"]["total"] < reps[1]["final"]["total"]  # 100x the style weight
+
+
+def _bad_inputs(tmp_path, assets):
+    data = (assets / "data/content/chicago.jpg").read_bytes()
+    (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 4])
+    (tmp_path / "corrupt.jpg").write_bytes(b"GIF89a" + b"\x00" * 50)
+    return {
+        "missing": (["content.image=nope/missing.jpg"], "missing.jpg"),
+        "corrupt": ([f"content.image={tmp_path}/corrupt.jpg"], "corrupt.jpg"),
+        "truncated": ([f"style.image={tmp_path}/trunc.jpg"], "trunc.jpg"),
+        "zero size": (["size=0"], "size"),
+        "negative size": (["size=-5"], "size"),
+        "bad pyramid": (["size=64", "pyramid=[128]"], "pyramid"),
+        "bad optimizer": (["optimizer=sgd"], "optimizer"),
+        "bad layer": (["loss.content_layers={relu9_1: 1}"], "relu9_1"),
+        "bad color": (["color=sepia"], "color"),
+    }
+
+
+def test_bad_input_gives_one_line(tmp_path, assets):
+    for name, (args, needle) in _bad_inputs(tmp_path, assets).items():
+        r = run_cli([*args, "wandb=disabled", f"output={tmp_path}/x.png"], tmp_path, assets)
+        assert r.returncode != 0, name
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("nstjax: error:"), (name, r.stderr[-1500:])
+        assert needle in lines[0], (name, lines[0])
+        assert "Traceback" not in r.stderr
+
+
+def test_unknown_style_is_reported_by_name(tmp_path, assets):
+    r = run_cli(["style=picasso_blue", "wandb=disabled"], tmp_path, assets)
+    assert r.returncode != 0
+    assert "picasso_blue" in r.stderr and "Traceback" not in r.stderr
+    assert "mosaic" in r.stderr  # Hydra lists the available styles
