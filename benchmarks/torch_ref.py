@@ -59,6 +59,9 @@ Adam: ``torch.optim.Adam(lr)``; after every step x is clamped to [0, 1] in
 place. L-BFGS: ``torch.optim.LBFGS(lr=1, history_size=10, max_iter=1,
 line_search_fn='strong_wolfe')``, no clamping; a step is one ``.step()`` call;
 every closure call counts as one function evaluation (loss + gradient).
+With max_iter=1 each ``.step()`` re-evaluates the closure at its start (torch
+keeps no loss/gradient across calls), so a step costs 1 + line-search evals;
+compare ``ms_per_func_eval`` as well as ``ms_per_step``.
 ``--warmup`` steps run untimed on a copy of x with their own optimizer, then x
 and the optimizer are reset; N steps are timed with ``time.perf_counter``.
 Losses are reported at the initial x and after N steps, each from a separate
@@ -68,11 +71,14 @@ train: pytorch/examples ``fast_neural_style`` TransformerNet (reflection-padded
 convs, InstanceNorm2d(affine=True), 5 residual blocks, nearest x2 upsampling
 convs; 1,679,235 parameters, asserted), input/output RGB in [0, 1] (raw output,
 no activation). Per batch x: ``y = net(x)``; VGG features of
-``preprocess(cat([y, x]))`` in one batched call (``--vgg-call separate``
-instead runs y alone, and x alone under no_grad only up to the content layers); content on relu2_2 (``mean`` of squared
-difference); style over relu1_1..relu5_1 against the style image's grams
-(computed once, broadcast over the batch); tv on ``y * 255``; total as above,
-defaults cw=1.0, sw=10.0, tvw=1e-6. Adam(lr=1e-3) on the net's parameters.
+``preprocess(cat([y, x]))`` in one batched call, the x half detached (default;
+``--vgg-call separate`` instead runs y alone, and x alone under no_grad only up
+to the content layers: same losses, no VGG backward through the x half);
+content on relu2_2 (``mean`` of squared difference); style over
+relu1_1..relu5_1 against the style image's grams (computed once, broadcast
+over the batch); tv on ``y * 255``; total as above, defaults cw=1.0, sw=10.0,
+tvw=1e-6. Adam(lr=1e-3, fused=True where torch supports it) on the net's
+parameters; VGG frozen.
 Batches come from ``--photos`` (N,H,W,3) cycled in order (uint8 is divided by
 255), or from a seeded uniform-random pool. After warmup the net and the
 optimizer are reset to their initial state, so the first timed step sees the
@@ -94,8 +100,7 @@ loss_final`` (each loss dict: ``content, style, tv`` unweighted, ``total``
 weighted).
 train adds: ``size, batch, lr, content_weight, style_weight, tv_weight,
 content_layers, style_layers, vgg_call, photos, n_params, adam_fused,
-images_per_sec,
-loss_first, loss_last`` (dicts as above, from the forward pass of the first and
+images_per_sec, loss_first, loss_last`` (dicts as above, from the forward pass of the first and
 last timed step), ``loss_history`` (total per timed step).
 """
 

@@ -263,7 +263,15 @@ def build_network(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
     if num_residual < 0:
         raise NstjaxError(f"model.num_residual must be >= 0, got {num_residual}")
     dtype = parse_dtype(_cfg_get(model_cfg, "dtype", "float32"))
-    return NETWORKS[name](width=width, num_residual=num_residual, dtype=dtype, rngs=rngs)
+    factory = NETWORKS[name]
+
+    # Construct under jit: all initializers become one XLA program instead of one eager
+    # compile per kernel shape (about 2x faster to build on CPU). Values are the same.
+    @nnx.jit
+    def construct(rngs: nnx.Rngs) -> nnx.Module:
+        return factory(width=width, num_residual=num_residual, dtype=dtype, rngs=rngs)
+
+    return construct(rngs)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -33,11 +33,22 @@ def _as_list(v: Any) -> list:
     return [v]
 
 
+def layer_weights(layers: Any, weights: Any, setting: str) -> dict[str, float]:
+    """`[relu1_1, relu2_1]` + optional `[1.0, 0.5]` -> {"relu1_1": 1.0, "relu2_1": 0.5}."""
+    names = [str(n) for n in _as_list(layers)]
+    ws = [float(w) for w in _as_list(weights)] or [1.0] * len(names)
+    if len(ws) != len(names):
+        raise NstjaxError(f"{setting}: {len(ws)} weights for {len(names)} layers {names}")
+    return dict(zip(names, ws))
+
+
 def settings_from_cfg(cfg: DictConfig):
     from nstjax.gatys import GatysSettings
 
+    loss = cfg.loss
     return GatysSettings(
-        content_layers=dict(cfg.loss.content_layers or {}), style_layers=dict(cfg.loss.style_layers or {}),
+        content_layers=layer_weights(loss.content_layers, loss.content_layer_weights, "loss.content_layer_weights"),
+        style_layers=layer_weights(loss.style_layers, loss.style_layer_weights, "loss.style_layer_weights"),
         content_weight=float(cfg.loss.content_weight), style_weight=float(cfg.loss.style_weight),
         tv_weight=float(cfg.loss.tv_weight), optimizer=str(cfg.optimizer), lr=float(cfg.lr),
         lbfgs_memory=int(cfg.lbfgs_memory), steps=0, log_every=int(cfg.log_every))

@@ -27,20 +27,40 @@ from nstjax.networks import (
 )
 
 SMALL = dict(width=0.125, num_residual=1)
+SHAPE = (2, 67, 45, 3)  # odd, not a multiple of 4: exercises pad-to-4 and crop
 TRACES: collections.Counter[tuple[Any, ...]] = collections.Counter()  # (graphdef, shape)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _apply(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> jax.Array:
     """The split graphdef/state jit pattern: graphdef static, params traced."""
-    TRACES[graphdef, x.shape] += 1
     return nnx.merge(graphdef, state)(x)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _step(
+    graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, target: jax.Array
+) -> tuple[jax.Array, nnx.State]:
+    """Output and d(MSE to target)/d(params) in one program, so the float32 forward and
+    backward compile once and are shared by every float32 test (CPU compile time dominates)."""
+    TRACES[graphdef, x.shape] += 1
+
+    def loss(params: nnx.State) -> tuple[jax.Array, jax.Array]:
+        y = nnx.merge(graphdef, params)(x)
+        return jnp.mean((y - target) ** 2), y
+
+    grads, y = jax.grad(loss, has_aux=True)(state)
+    return y, grads
+
+
 def forward(model: nnx.Module, x: jax.Array) -> jax.Array:
-    """Shared jitted forward (one compile per graph and input shape across all tests)."""
-    graphdef, state = nnx.split(model)
-    return _apply(graphdef, state, x)
+    """Forward only (one compile per graph and input shape across all tests)."""
+    return _apply(*nnx.split(model), x)
+
+
+def forward_and_grad(model: nnx.Module, x: jax.Array, target: jax.Array | None = None):
+    graphdef, state = nnx.split(model, nnx.Param)
+    return _step(graphdef, state, x, jnp.zeros_like(x) if target is None else target)
 
 
 def _abstract(**kw: Any) -> nnx.Module:
@@ -48,12 +68,15 @@ def _abstract(**kw: Any) -> nnx.Module:
 
 
 def _image(shape: tuple[int, ...], seed: int = 0) -> jax.Array:
-    return jax.random.uniform(jax.random.key(seed), shape, jnp.float32)
+    """numpy RNG: jax.random compiles a sampler per shape, which is slow on a busy CPU."""
+    return jnp.asarray(np.random.default_rng(seed).uniform(size=shape).astype(np.float32))
 
 
 @pytest.fixture(scope="module")
 def small() -> TransformerNet:
-    return TransformerNet(rngs=nnx.Rngs(0), **SMALL)
+    model = build_network(dict(name="johnson", dtype="float32", **SMALL), rngs=nnx.Rngs(0))
+    assert isinstance(model, TransformerNet)
+    return model
 
 
 def _torch_transformer_net_params(c: tuple[int, int, int] = (32, 64, 128), n_res: int = 5) -> int:
@@ -130,14 +153,13 @@ def test_output_shape_equals_input_shape(small: TransformerNet, shape: tuple[int
 
 
 def test_forward_runs_on_odd_size(small: TransformerNet) -> None:
-    shape = (2, 67, 45, 3)
-    y = forward(small, _image(shape))
-    assert y.shape == shape and y.dtype == jnp.float32
+    y, _ = forward_and_grad(small, _image(SHAPE))
+    assert y.shape == SHAPE and y.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(y)))
 
 
 def test_initial_output_in_image_range(small: TransformerNet) -> None:
-    y = np.asarray(forward(small, _image((2, 67, 45, 3))))
+    y = np.asarray(forward_and_grad(small, _image(SHAPE))[0])
     assert 0.3 < y.mean() < 0.7 and 0.02 < y.std() < 0.4, (y.mean(), y.std())
 
 
@@ -201,8 +223,8 @@ def test_bfloat16_compute_close_to_float32(small: TransformerNet) -> None:
     bf16 = _abstract(dtype=jnp.bfloat16, **SMALL)
     nnx.update(bf16, state)  # identical float32 params, bfloat16 compute
     assert {p.dtype for p in jax.tree.leaves(nnx.state(bf16, nnx.Param))} == {jnp.dtype("float32")}
-    x = _image((2, 67, 45, 3), seed=3)  # same shape as other f32 tests: f32 compile is shared
-    y32, y16 = forward(small, x), forward(bf16, x)
+    x = _image(SHAPE, seed=3)
+    y32, y16 = forward_and_grad(small, x)[0], forward(bf16, x)
     assert y16.dtype == jnp.float32
     err = np.abs(np.asarray(y16) - np.asarray(y32))
     assert err.max() > 0  # bf16 really was used
@@ -219,19 +241,13 @@ def _redundant(path: str) -> bool:
 
 
 def test_gradients_reach_every_parameter(small: TransformerNet) -> None:
-    model = _randomize(small, 2)
-    x = _image((1, 33, 100, 3), seed=4)
-    target = _image((1, 33, 100, 3), seed=5)
-
-    def loss(m: nnx.Module) -> jax.Array:
-        return jnp.mean((m(x) - target) ** 2)
+    model = _randomize(small, 2)  # generic IN scales/biases, not the 1/0 init
 
     def key(path: tuple[Any, ...]) -> str:  # ("res", 0, "in2", "bias", .value) -> "res/0/in2/bias"
         return "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
 
-    grads = nnx.jit(nnx.grad(loss))(model)
-    flat = {key(p): np.abs(np.asarray(g)).max()
-            for p, g in jax.tree_util.tree_leaves_with_path(nnx.state(grads, nnx.Param))}
+    _, grads = forward_and_grad(model, _image(SHAPE, seed=4), _image(SHAPE, seed=5))
+    flat = {key(p): np.abs(np.asarray(g)).max() for p, g in jax.tree_util.tree_leaves_with_path(grads)}
     assert len(flat) == len(jax.tree.leaves(nnx.state(model, nnx.Param)))
     live = {k: v for k, v in flat.items() if not _redundant(k)}
     dead = {k: v for k, v in flat.items() if _redundant(k)}
@@ -244,9 +260,9 @@ def test_gradients_reach_every_parameter(small: TransformerNet) -> None:
 
 def test_jit_does_not_retrace_for_same_shape(small: TransformerNet) -> None:
     """Split graphdef/state jit: repeated calls and new param values reuse one compilation."""
-    x = _image((2, 67, 45, 3), seed=7)
-    y0 = forward(small, x)
-    forward(small, x + 0.1)
-    y2 = forward(_randomize(small, 3), x)
+    x = _image(SHAPE, seed=7)
+    y0, _ = forward_and_grad(small, x)
+    forward_and_grad(small, x + 0.1)
+    y2, _ = forward_and_grad(_randomize(small, 3), x)
     assert TRACES[nnx.graphdef(small), x.shape] == 1
     assert not np.allclose(y0, y2)

@@ -49,7 +49,8 @@ def _bad_inputs(tmp_path, assets):
         "negative size": (["size=-5"], "size"),
         "bad pyramid": (["size=64", "pyramid=[128]"], "pyramid"),
         "bad optimizer": (["optimizer=sgd"], "optimizer"),
-        "bad layer": (["loss.content_layers={relu9_1: 1}"], "relu9_1"),
+        "bad layer": (["loss.content_layers=[relu9_1]"], "relu9_1"),
+        "bad layer weights": (["loss.style_layer_weights=[1,2]"], "style_layer_weights"),
         "bad color": (["color=sepia"], "color"),
     }
 
