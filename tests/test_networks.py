@@ -158,6 +158,15 @@ def test_forward_runs_on_odd_size(small: TransformerNet) -> None:
     assert bool(jnp.all(jnp.isfinite(y)))
 
 
+def test_odd_size_is_reflect_padded_to_multiple_of_4_then_cropped(small: TransformerNet) -> None:
+    """Documented behaviour: 67x45 is processed as a 68x48 reflection-padded image (extra rows
+    and columns split between the two borders, the odd one at the bottom/right), then cropped."""
+    x = _image(SHAPE)
+    padded = jnp.pad(x, ((0, 0), (0, 1), (1, 2), (0, 0)), mode="reflect")
+    expected = forward(small, padded)[:, 0:67, 1:46, :]
+    np.testing.assert_allclose(forward_and_grad(small, x)[0], expected, atol=1e-5, rtol=0)
+
+
 def test_initial_output_in_image_range(small: TransformerNet) -> None:
     y = np.asarray(forward_and_grad(small, _image(SHAPE))[0])
     assert 0.3 < y.mean() < 0.7 and 0.02 < y.std() < 0.4, (y.mean(), y.std())
@@ -228,7 +237,7 @@ def test_bfloat16_compute_close_to_float32(small: TransformerNet) -> None:
     assert y16.dtype == jnp.float32
     err = np.abs(np.asarray(y16) - np.asarray(y32))
     assert err.max() > 0  # bf16 really was used
-    assert err.mean() < 0.02 and err.max() < 0.15, (err.mean(), err.max())
+    assert err.mean() < 0.01 and err.max() < 0.1, (err.mean(), err.max())  # seen: 0.003, 0.02
 
 
 # Biases whose gradient is identically zero: a per-channel constant added before an instance

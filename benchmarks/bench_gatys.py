@@ -1,0 +1,116 @@
+"""Side-by-side Gatys benchmark: nstjax vs a PyTorch implementation of the same algorithm.
+
+Both sides get byte-identical inputs (.npy written here), the same VGG-19 weights, layers,
+loss weights, optimizer, step count and image sizes. Each measurement runs in its own child
+process so peak RSS (ru_maxrss) belongs to that run alone. Time per step excludes compilation
+(reported separately) and warmup.
+
+    python benchmarks/bench_gatys.py --sizes 256 512 --steps 20
+    python benchmarks/bench_gatys.py --sizes 1024 --steps 5 --skip-torch   # memory at 1024 px
+Results: benchmarks/results/gatys_<optimizer>.json and a markdown table on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCH_PY = ROOT / ".venv-bench" / "bin" / "python"
+WEIGHTS = dict(content_weight=5.0, style_weight=100.0, tv_weight=1e-3)
+
+
+def jax_child(args: argparse.Namespace) -> None:
+    import jax
+    import numpy as np
+
+    from nstjax.gatys import GatysSettings, run_gatys
+    from nstjax.vgg import load_vgg19
+
+    content, style = np.load(args.content), np.load(args.style)
+    vgg = load_vgg19()
+    s = GatysSettings(optimizer=args.optimizer, lr=args.lr, steps=args.warmup, log_every=args.steps, **WEIGHTS)
+    t0 = time.perf_counter()
+    warm = run_gatys(vgg, content, [style], s)  # compiles; warms caches and thread pools
+    warm_seconds = time.perf_counter() - t0
+    r = run_gatys(vgg, content, [style], GatysSettings(optimizer=args.optimizer, lr=args.lr, steps=args.steps,
+                                                       log_every=args.steps, **WEIGHTS))
+    out = {"framework": "nstjax", "jax": jax.__version__, "device": jax.devices()[0].device_kind,
+           "ms_per_step": 1000 * r.run_seconds / args.steps, "compile_s": warm.compile_seconds,
+           "warmup_s": warm_seconds, "loss_init": r.initial, "loss_final": r.final,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+
+
+def run(cmd: list[str], env=None) -> None:
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
+    ap.add_argument("--lr", type=float, default=0.02)
+    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--torch-variants", default="contiguous,channels_last")
+    ap.add_argument("--child", choices=["jax"], help=argparse.SUPPRESS)
+    ap.add_argument("--content"), ap.add_argument("--style"), ap.add_argument("--out")
+    args = ap.parse_args()
+    if args.child:
+        return jax_child(args)
+
+    import numpy as np
+
+    from nstjax.image import load_resized
+
+    assets = Path(os.environ.get("NSTJAX_ASSETS", ROOT.parent / "shared"))
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            c, s = Path(tmp, f"c{size}.npy"), Path(tmp, f"s{size}.npy")
+            np.save(c, load_resized(assets / "data/content/chicago.jpg", size))
+            np.save(s, load_resized(assets / "data/styles/mosaic.jpg", size))
+            row = {"size": size}
+            jo = Path(tmp, f"jax{size}.json")
+            run([sys.executable, __file__, "--child", "jax", "--content", str(c), "--style", str(s), "--out", str(jo),
+                 "--steps", str(args.steps), "--warmup", str(args.warmup), "--optimizer", args.optimizer,
+                 "--lr", str(args.lr)])
+            row["nstjax"] = json.loads(jo.read_text())
+            if not args.skip_torch:
+                to = Path(tmp, f"torch{size}.json")
+                run([str(TORCH_PY), "benchmarks/torch_ref.py", "gatys", "--content", str(c), "--style", str(s),
+                     "--steps", str(args.steps), "--warmup", str(args.warmup), "--optimizer", args.optimizer,
+                     "--lr", str(args.lr), "--content-weight", str(WEIGHTS["content_weight"]),
+                     "--style-weight", str(WEIGHTS["style_weight"]), "--tv-weight", str(WEIGHTS["tv_weight"]),
+                     "--memory-format", args.torch_variants, "--out", str(to)])
+                row["torch"] = json.loads(to.read_text())
+            results.append(row)
+            print(json.dumps({k: (v if k == "size" else {kk: v[kk] for kk in ("ms_per_step", "peak_rss_mb")})
+                              for k, v in row.items()}), flush=True)
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(exist_ok=True)
+    tag = "_".join(map(str, args.sizes))
+    (out_dir / f"gatys_{args.optimizer}_{tag}.json").write_text(json.dumps(results, indent=1))
+    print(f"\n| size | optimizer | nstjax ms/step | torch ms/step | ratio | nstjax final loss | torch final loss "
+          f"| nstjax peak RSS MB | torch peak RSS MB | nstjax compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        j, t = r["nstjax"], r.get("torch")
+        tms = f"{t['ms_per_step']:.0f}" if t else "-"
+        ratio = f"{j['ms_per_step'] / t['ms_per_step']:.2f}x" if t else "-"
+        tl = f"{t['loss_final']['total']:.4g}" if t else "-"
+        trss = f"{t['peak_rss_mb']:.0f}" if t else "-"
+        print(f"| {r['size']} | {args.optimizer} | {j['ms_per_step']:.0f} | {tms} | {ratio} | "
+              f"{j['loss_final']['total']:.4g} | {tl} | {j['peak_rss_mb']:.0f} | {trss} | {j['compile_s']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Feed-forward training: data-parallel equivalence, the CLI end to end, resume, bad input."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.test_stylize_cli import run_cli
+
+TINY = ["experiment=cpu_quick", "model.width=0.125", "model.num_residual=1", "data.size=32",
+        "loss.style_size=64", "train.samples=2", "train.log_every=2", "wandb=disabled"]
+
+
+def run_train(args, cwd, assets, extra_env=None, timeout=600):
+    env = dict(os.environ, NSTJAX_ASSETS=str(assets), WANDB_MODE="offline", NPROC="8", **(extra_env or {}))
+    return subprocess.run([sys.executable, "-m", "nstjax.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+EQUIVALENCE = textwrap.dedent("""
+    import jax, numpy as np
+    from flax import nnx
+    from nstjax.data import load_val_images
+    from nstjax.image import load_resized
+    from nstjax.networks import TransformerNet
+    from nstjax.trainer import PerceptualLoss, Trainer, make_mesh, style_targets
+    from nstjax.vgg import load_vgg19
+    import os
+    assets = os.environ["NSTJAX_ASSETS"]
+    assert len(jax.devices()) == 2, jax.devices()
+    vgg = load_vgg19()
+    loss = PerceptualLoss({"relu2_2": 1.0}, {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0}, 1.0, 10.0, 1e-5)
+    grams = style_targets(vgg, [load_resized(assets + "/data/styles/mosaic.jpg", 64)], loss.style_layers)
+    batch = load_val_images(assets + "/data/photos/val", 32, limit=4)
+    # SGD keeps the update linear in the gradient (Adam would blow up the float noise of
+    # gradients that are zero in exact arithmetic, e.g. conv biases before instance norm).
+    import optax
+    deltas = {}
+    for n in (1, 2):
+        model = TransformerNet(width=0.125, num_residual=1, rngs=nnx.Rngs(0))
+        tr = Trainer(model, vgg, loss, optax.sgd(1e-9), grams, make_mesh(jax.devices()[:n]))
+        before = jax.tree.map(np.asarray, tr.params)
+        x = tr.put_batch(batch)
+        assert len(x.sharding.device_set) == n
+        terms = tr.step(x)
+        deltas[n] = jax.tree.map(lambda a, b: np.asarray(a) - b, tr.params, before)
+        print(n, float(terms["total"]))
+    scale = max(float(np.abs(d).max()) for d in jax.tree.leaves(deltas[1]))
+    assert scale > 0
+    err = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(deltas[1]), jax.tree.leaves(deltas[2])))
+    print("max diff / max update", err / scale)
+    assert err / scale < 1e-4, err / scale
+    print("OK")
+""")
+
+
+def test_two_devices_match_one_device(assets, tmp_path):
+    env = dict(os.environ, NSTJAX_ASSETS=str(assets), NPROC="8",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    r = subprocess.run([sys.executable, "-c", EQUIVALENCE], env=env, capture_output=True, text=True,
+                       timeout=420, cwd=tmp_path)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+
+
+def test_train_cli_samples_checkpoints_and_resumes(tmp_path, assets):
+    args = [*TINY, "train.steps=4", "train.save_every=2", "train.sample_every=2", "run_name=t"]
+    r = run_train(args, tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "runs" / "t"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == 4 and summary["devices"] == 1
+    assert summary["val"]["style"] > 0 and summary["val_photo_style_loss"] > 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
+    assert (run / "samples" / "step_000002.jpg").exists() and (run / "samples" / "step_000004.jpg").exists()
+    # Same command with more steps continues from step 4.
+    r = run_train([*args, "train.steps=6"], tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout and "at step 4" in r.stdout, r.stdout
+    assert json.loads((run / "summary.json").read_text())["step"] == 6
+    # train.resume=false starts over and drops the old checkpoints.
+    r = run_train([*args, "train.steps=2", "train.resume=false"], tmp_path, assets)
+    assert r.returncode == 0 and "resumed" not in r.stdout, r.stderr[-3000:]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+
+
+def _one_line_error(r, needle):
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip() and not ln.startswith("WARNING:absl")]
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("nstjax: error:"), r.stderr[-3000:]
+    assert needle in lines[0], lines[0]
+
+
+def test_bad_training_input(tmp_path, assets):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_error(run_train([*TINY, f"data.path={empty}"], tmp_path, assets), str(empty))
+    _one_line_error(run_train([*TINY, f"data.path={tmp_path}/nope"], tmp_path, assets), "nope")
+    _one_line_error(run_train([*TINY, "data=coco", f"data.data_dir={empty}"], tmp_path, assets), "data=folder")
+    _one_line_error(run_train([*TINY, "train.batch_size=3"], tmp_path, assets,
+                              {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}), "divisible")
+    ck = tmp_path / "ck"
+    (ck / "7").mkdir(parents=True)
+    (ck / "7" / "garbage").write_text("not a checkpoint")
+    _one_line_error(run_train([*TINY, f"train.ckpt_dir={ck}"], tmp_path, assets), str(ck))
+    r = run_train([*TINY, "style=nonexistent_style"], tmp_path, assets)
+    assert r.returncode != 0 and "nonexistent_style" in r.stderr and "Traceback" not in r.stderr
