@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from nstjax.errors import NstjaxError
-from nstjax.image import _to_rgb_array, load_image, resize, to_uint8
+from nstjax.image import to_rgb_array, load_image, resize, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def _rgb(im: Image.Image) -> Image.Image:
         return im
     if im.mode in ("1", "L", "CMYK", "YCbCr", "LAB", "HSV"):
         return im.convert("RGB")
-    return Image.fromarray(to_uint8(_to_rgb_array(im)))
+    return Image.fromarray(to_uint8(to_rgb_array(im)))
 
 
 def decode_short_side(data: bytes, size: int) -> Image.Image:

@@ -32,7 +32,6 @@ import json
 import os
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,13 +40,13 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
+from nstjax.atomic import publish
 from nstjax.errors import NstjaxError, cli_errors
 
 __all__ = [
     "ARTIFACT_FORMAT",
     "Stylizer",
     "export_model",
-    "is_artifact",
     "load_exported",
     "load_stylizer",
     "read_artifact",
@@ -78,22 +77,17 @@ def _key_str(key: Any) -> str:
 
 def _flat_names(tree: Any) -> tuple[list[str], list[Any], Any]:
     """Leaves of a params tree keyed 'a/b/0/kernel' (an nnx.Variable's own 'value' dropped)."""
-    leaves, treedef = jax_tree().tree_flatten_with_path(tree)
+    import jax
+
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     names, values = [], []
     for path, leaf in leaves:
         parts = [_key_str(k) for k in path]
-        if parts and parts[-1] == "value" and type(path[-1]).__name__ == "GetAttrKey":
+        if parts and parts[-1] == "value" and isinstance(path[-1], jax.tree_util.GetAttrKey):
             parts = parts[:-1]
         names.append("/".join(parts))
         values.append(leaf)
     return names, values, treedef
-
-
-def jax_tree():
-    """jax.tree_util, imported lazily so `--help` and config errors stay fast."""
-    import jax
-
-    return jax.tree_util
 
 
 def flatten_params(tree: Any) -> dict[str, Any]:
@@ -108,37 +102,44 @@ def _model_cfg(model: Any, where: str) -> dict[str, Any]:
     return {k: model[k] for k in _MODEL_KEYS if k in model}
 
 
-class _Net:
-    """The graph of a network built abstractly (no init compute) from its model config."""
+def _check_params(flat: Mapping[str, Any], specs: Mapping[str, Any], what: str, hint: str) -> None:
+    """One NstjaxError line naming the first few names/shapes/dtypes that differ."""
+    problems = [f"'{n}' is missing" for n in specs if n not in flat]
+    problems += [f"unexpected '{n}'" for n in flat if n not in specs]
+    for n, want in specs.items():
+        if n in flat:
+            have = flat[n]
+            if tuple(have.shape) != tuple(want.shape) or np.dtype(have.dtype) != np.dtype(want.dtype):
+                problems.append(
+                    f"'{n}' is {np.dtype(have.dtype).name}{list(have.shape)}, "
+                    f"expected {np.dtype(want.dtype).name}{list(want.shape)}"
+                )
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise NstjaxError(f"{what}: {'; '.join(problems[:3])}{more}; {hint}")
 
-    def __init__(self, model_cfg: Mapping[str, Any], where: str) -> None:
+
+class _Net:
+    """The graph of a network built abstractly (no init compute) from its model config.
+
+    Shared per model config (see :func:`_net`), together with its compiled executables, so
+    loading the same network twice in one process (checkpoint, then artifact) compiles once.
+    """
+
+    def __init__(self, model_cfg: Mapping[str, Any]) -> None:
         from flax import nnx
 
         from nstjax.networks import build_network
 
-        self.model_cfg = _model_cfg(model_cfg, where)
+        self.model_cfg = dict(model_cfg)
         abstract = nnx.eval_shape(lambda: build_network(self.model_cfg, rngs=nnx.Rngs(0)))
         self.graphdef, state = nnx.split(abstract, nnx.Param)
         self.names, specs, self.treedef = _flat_names(state)
         self.specs = dict(zip(self.names, specs))
+        self.executables: dict[tuple[int, ...], Any] = {}
 
     def check(self, flat: Mapping[str, Any], where: str, hint: str) -> None:
-        """One line naming what differs between the stored params and the model config."""
-        problems = [f"'{n}' is missing" for n in self.names if n not in flat]
-        problems += [f"unexpected '{n}'" for n in flat if n not in self.specs]
-        for n in self.names:
-            if n in flat:
-                want, have = self.specs[n], flat[n]
-                if tuple(have.shape) != tuple(want.shape) or np.dtype(have.dtype) != np.dtype(want.dtype):
-                    problems.append(
-                        f"'{n}' is {np.dtype(have.dtype).name}{list(have.shape)}, "
-                        f"the model wants {np.dtype(want.dtype).name}{list(want.shape)}"
-                    )
-        if problems:
-            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise NstjaxError(
-                f"{where}: params do not match model {self.model_cfg}: {'; '.join(problems[:3])}{more}; {hint}"
-            )
+        _check_params(flat, self.specs, f"{where}: params do not match model {self.model_cfg}", hint)
 
     def apply(self, flat: Mapping[str, Any], x: Any) -> Any:
         """Pure function of (flat params, NHWC batch): the network's forward pass."""
@@ -147,6 +148,17 @@ class _Net:
 
         state = jax.tree.unflatten(self.treedef, [flat[n] for n in self.names])
         return nnx.merge(self.graphdef, state)(x)
+
+
+_NETS: dict[str, _Net] = {}
+
+
+def _net(model_cfg: Any, where: str) -> _Net:
+    cfg = _model_cfg(model_cfg, where)
+    key = json.dumps(cfg, sort_keys=True)
+    if key not in _NETS:
+        _NETS[key] = _Net(cfg)
+    return _NETS[key]
 
 
 # --------------------------------------------------------------------------------------
@@ -177,17 +189,11 @@ def write_artifact(
             np.savez(f, **arrays)  # a file object: numpy does not append ".npz" to the name
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, out)
+        publish(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
-
-
-def is_artifact(path: str | os.PathLike) -> bool:
-    """True for a file that looks like a zip (npz) archive; directories are checkpoints."""
-    p = Path(path)
-    return p.is_file() and zipfile.is_zipfile(p)
 
 
 def read_artifact(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any], bytes | None]:
@@ -228,7 +234,9 @@ def read_artifact(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[
     return params, meta, (hlo.tobytes() if hlo is not None else None)
 
 
-def _load_source(path: str | os.PathLike, step: int | None, what: str) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+def _load_source(
+    path: str | os.PathLike, step: int | None, what: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     """(flat params, model config, source info) from a checkpoint directory or an artifact."""
     p = Path(str(path)).expanduser()
     if not p.exists():
@@ -238,6 +246,9 @@ def _load_source(path: str | os.PathLike, step: int | None, what: str) -> tuple[
         )
     if p.is_dir():
         from nstjax.checkpoint import load_params_for_inference
+
+        if (p / "checkpoints").is_dir() and not any(c.name.isdigit() for c in p.iterdir()):
+            p = p / "checkpoints"  # a run directory runs/<run_name>
 
         params, config, got = load_params_for_inference(p, step)
         model = config.get("model") if isinstance(config, Mapping) else None
@@ -255,7 +266,9 @@ def _load_source(path: str | os.PathLike, step: int | None, what: str) -> tuple[
 # Export
 
 
-def _export_stablehlo(net: _Net, params: Mapping[str, np.ndarray], platforms: list[str] | None) -> tuple[bytes, dict[str, Any]]:
+def _export_stablehlo(
+    net: _Net, params: Mapping[str, np.ndarray], platforms: list[str] | None
+) -> tuple[bytes, dict[str, Any]]:
     import jax
     import jax.numpy as jnp
     from jax import export
@@ -297,7 +310,7 @@ def export_model(
     if out.exists() and out.is_dir():
         raise NstjaxError(f"output {str(out)!r} is a directory; give a file name such as mosaic.nstjax.npz")
     params, model_cfg, src = _load_source(source, step, "checkpoint")
-    net = _Net(model_cfg, f"checkpoint {source}")
+    net = _net(model_cfg, f"checkpoint {source}")
     net.check(params, f"checkpoint {source}", "was it written by a different nstjax version?")
     params = {n: np.asarray(params[n]) for n in net.names}
     config = src.pop("config", None)
@@ -343,13 +356,13 @@ class Stylizer:
     """
 
     def __init__(self, fn: Callable, params: Mapping[str, Any], *, meta: dict[str, Any],
-                 backend: str, host_pad: bool) -> None:
+                 backend: str, host_pad: bool, cache: dict[tuple[int, ...], Any] | None = None) -> None:
         import jax
 
         self._fn = jax.jit(fn)
         self._params = jax.device_put(dict(params))
         self._param_spec = {n: jax.ShapeDtypeStruct(v.shape, v.dtype) for n, v in self._params.items()}
-        self._cache: dict[tuple[int, ...], Any] = {}
+        self._cache: dict[tuple[int, ...], Any] = {} if cache is None else cache
         self.compile_seconds: dict[tuple[int, ...], float] = {}
         self.meta = meta
         self.backend = backend  # "params" (rebuilt flax model) or "stablehlo" (jax.export)
@@ -425,33 +438,42 @@ def load_exported(path: str | os.PathLike, *, use_stablehlo: bool = True) -> Sty
     p = Path(str(path)).expanduser()
     params, meta, hlo = read_artifact(p)
     where = f"model artifact {str(p)!r}"
-    net = _Net(_model_cfg(meta.get("model"), where), where)
-    net.check(params, where, "the file is corrupt or was written by another nstjax version")
+    hint = "the file is corrupt or was written by another nstjax version"
     if hlo is not None and use_stablehlo:
+        # Runs without the network's Python code: only jax is needed.
+        import jax
         from jax import export
 
         _platform_check(meta, p)
         try:
             exp = export.deserialize(bytearray(hlo))
+            (pspec, _), _ = jax.tree.unflatten(exp.in_tree, exp.in_avals)
         except Exception as e:
             raise NstjaxError(
                 f"{where}: cannot deserialize the stablehlo function ({type(e).__name__}); "
                 "re-export it with this jax version or pass stablehlo=false"
             ) from None
+        _check_params(params, pspec, f"{where}: params do not match its stablehlo function", hint)
         return Stylizer(exp.call, params, meta=meta, backend="stablehlo", host_pad=True)
-    return Stylizer(net.apply, params, meta=meta, backend="params", host_pad=False)
+    net = _net(meta.get("model"), where)
+    net.check(params, where, hint)
+    return Stylizer(net.apply, params, meta=meta, backend="params", host_pad=False, cache=net.executables)
 
 
-def load_stylizer(path: str | os.PathLike, *, step: int | None = None, use_stablehlo: bool = True) -> Stylizer:
+def load_stylizer(
+    path: str | os.PathLike, *, step: int | None = None, use_stablehlo: bool = True
+) -> Stylizer:
     """An artifact file or a training checkpoint directory -> :class:`Stylizer`."""
     p = Path(str(path)).expanduser()
     if p.is_dir():
         params, model_cfg, src = _load_source(p, step, "model_path")
         where = f"checkpoint {p}"
-        net = _Net(model_cfg, where)
+        net = _net(model_cfg, where)
         net.check(params, where, "was it written by a different nstjax version?")
-        meta = {"kind": "checkpoint", "model": model_cfg, "source": {k: v for k, v in src.items() if k != "config"}}
-        return Stylizer(net.apply, {n: params[n] for n in net.names}, meta=meta, backend="params", host_pad=False)
+        src.pop("config", None)
+        meta = {"kind": "checkpoint", "model": model_cfg, "source": src}
+        return Stylizer(net.apply, {n: params[n] for n in net.names}, meta=meta, backend="params",
+                        host_pad=False, cache=net.executables)
     if not p.exists():
         raise NstjaxError(
             f"model_path {str(path)!r} does not exist: expected an exported artifact "
@@ -502,7 +524,7 @@ def main(cfg: DictConfig) -> None:
     size = Path(str(cfg.output)).stat().st_size
     extra = ""
     if meta["kind"] == "stablehlo":
-        extra = f", stablehlo for {','.join(meta['stablehlo']['platforms'])} with symbolic batch/height/width"
+        extra = f" for {','.join(meta['stablehlo']['platforms'])}, symbolic batch/height/width"
     m = meta["model"]
     print(f"wrote {cfg.output} ({size / 1e6:.1f} MB, {meta['kind']}{extra}): {m.get('name')} "
           f"width {m.get('width')} x{m.get('num_residual')} blocks, {meta['num_params']:,} params, "

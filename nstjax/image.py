@@ -1,19 +1,20 @@
 """Image I/O that never surprises: any mode in, float32 RGB in [0, 1] out; atomic writes."""
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from nstjax.atomic import write_bytes_atomic
 from nstjax.errors import NstjaxError
 
 Image.MAX_IMAGE_PIXELS = 1 << 28  # large art scans are fine; decompression bombs are not
 
 
-def _to_rgb_array(im: Image.Image) -> np.ndarray:
+def to_rgb_array(im: Image.Image) -> np.ndarray:
     """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) to float32 RGB in [0, 1]."""
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -48,7 +49,7 @@ def load_image(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
         with Image.open(p) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
-            arr = _to_rgb_array(im)
+            arr = to_rgb_array(im)
     except UnidentifiedImageError:
         raise NstjaxError(f"{what} {str(path)!r}: not a readable image (unknown format or corrupt)") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -94,14 +95,6 @@ def save_image(img: np.ndarray, path: str | os.PathLike) -> Path:
     fmt = Image.registered_extensions().get(p.suffix.lower())
     if fmt is None:
         raise NstjaxError(f"output {str(path)!r}: unknown image extension (use .png or .jpg)")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            kw = {"quality": 95} if fmt == "JPEG" else {}
-            Image.fromarray(to_uint8(img)).save(f, format=fmt, **kw)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(img)).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return write_bytes_atomic(buf.getvalue(), p)

@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +33,11 @@ import numpy as np
 from omegaconf import DictConfig
 
 from nstjax.errors import NstjaxError, cli_errors
+from nstjax.atomic import publish
 
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 ANIM_EXTS = (".gif", ".webp", ".png", ".apng")  # Pillow writes all of these with save_all=True
+OUT_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 DEFAULT_FPS = 10.0
 IMAGEIO_HINT = ("install it with `pip install 'imageio[ffmpeg]'`, or extract the frames to a directory "
                 "(ffmpeg -i IN frames/%05d.png) and pass input=frames/")
@@ -51,11 +54,18 @@ def _natural_key(p: Path) -> list:
 
 
 def _imageio(what: str) -> Any:
+    """imageio's v2 API with its FFMPEG plugin (what `pip install 'imageio[ffmpeg]'` provides)."""
     try:
-        import imageio.v3 as iio
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401  (the plugin's ffmpeg binary)
     except ImportError:
-        raise NstjaxError(f"{what}: video files need imageio, which is not installed; {IMAGEIO_HINT}") from None
-    return iio
+        raise NstjaxError(
+            f"{what}: video files need imageio with ffmpeg, which is not installed; {IMAGEIO_HINT}"
+        ) from None
+    # imageio runs ffmpeg with subprocess (fork + immediate exec), which is safe; JAX's
+    # "os.fork() was called" warning would only be noise here.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    return imageio
 
 
 # --------------------------------------------------------------------------------------
@@ -147,13 +157,13 @@ def _open_animation(path: Path) -> tuple[int, int | None] | None:
 def _animation_frames(path: Path, size: int | None, durations: list[int]) -> Iterator[tuple[Any, np.ndarray]]:
     from PIL import Image, ImageSequence
 
-    from nstjax.image import _to_rgb_array
+    from nstjax.image import to_rgb_array
 
     try:
         with Image.open(path) as im:
             for i, frame in enumerate(ImageSequence.Iterator(im)):
                 durations.append(int(frame.info.get("duration", im.info.get("duration", 100)) or 0))
-                yield i, _prep(_to_rgb_array(frame.copy()), size)
+                yield i, _prep(to_rgb_array(frame.copy()), size)
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise NstjaxError(f"input {str(path)!r}: cannot decode animation frame ({e})") from None
 
@@ -176,21 +186,21 @@ def open_source(path: str, size: int | None) -> Source:
     if suffix in VIDEO_EXTS:
         iio = _imageio(f"input {path!r}")
         try:
-            meta = iio.immeta(p)
+            reader = iio.get_reader(str(p), format="FFMPEG")
+            fps = reader.get_meta_data().get("fps")
         except Exception as e:
-            raise NstjaxError(f"input {path!r}: cannot read video ({type(e).__name__}: {e}); {IMAGEIO_HINT}") from None
-        fps = meta.get("fps")
+            raise NstjaxError(f"input {path!r}: cannot read video ({type(e).__name__}: {e})") from None
 
         def video_frames() -> Iterator[tuple[Any, np.ndarray]]:
             try:
-                for i, frame in enumerate(iio.imiter(p)):
+                for i, frame in enumerate(reader):
                     a = np.asarray(frame)
                     a = a[..., :3] if a.ndim == 3 else np.repeat(a[..., None], 3, axis=-1)
                     yield i, _prep(a.astype(np.float32) / 255.0, size)
-            except NstjaxError:
-                raise
             except Exception as e:
                 raise NstjaxError(f"input {path!r}: cannot decode video ({type(e).__name__}: {e})") from None
+            finally:
+                reader.close()
 
         return Source("video", video_frames, None, fps=float(fps) if fps else None)
     if suffix not in _image_exts():
@@ -217,7 +227,7 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -239,16 +249,36 @@ def save_animation(frames: list[np.ndarray], path: Path, durations: list[int], l
     _atomic(path, lambda tmp: ims[0].save(tmp, format=fmt, **kw))
 
 
-def save_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
-    from nstjax.image import to_uint8
+class VideoWriter:
+    """Streams frames into a video via imageio/ffmpeg; the file appears (renamed) on close()."""
 
-    iio = _imageio(f"output {str(path)!r}")
-    _atomic(path, lambda tmp: iio.imwrite(tmp, np.stack([to_uint8(f) for f in frames]), fps=fps))
+    def __init__(self, path: Path, fps: float) -> None:
+        iio = _imageio(f"output {str(path)!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+        os.close(fd)
+        self.path = path
+        # macro_block_size=2: even sides for yuv420p, no resizing to multiples of 16.
+        self.writer = iio.get_writer(self.tmp, format="FFMPEG", fps=fps, macro_block_size=2)
+
+    def append(self, frame: np.ndarray) -> None:
+        from nstjax.image import to_uint8
+
+        self.writer.append_data(to_uint8(frame))
+
+    def close(self, ok: bool) -> None:
+        self.writer.close()
+        if ok:
+            publish(self.tmp, self.path)
+        else:
+            Path(self.tmp).unlink(missing_ok=True)
 
 
-def _check_output(src: Source, out: Path, image_exts: set[str]) -> str:
+def _check_output(src: Source, inp: Path, out: Path, image_exts: set[str]) -> str:
     """Where results go: 'image' file, 'dir' (one file per input), 'anim' or 'video' file."""
     suffix = out.suffix.lower()
+    if out.exists() and out.resolve() == inp.resolve():
+        raise NstjaxError(f"output {str(out)!r} is the input; choose another path so the input is not overwritten")
     if src.kind == "image":
         if out.is_dir() or not suffix:
             return "dir"
@@ -260,11 +290,13 @@ def _check_output(src: Source, out: Path, image_exts: set[str]) -> str:
     if suffix in VIDEO_EXTS:
         _imageio(f"output {str(out)!r}")
         return "video"
-    if suffix in ANIM_EXTS:
+    # For a folder, out.png most likely means a mistake, not an APNG: ask for .apng explicitly.
+    anim = ANIM_EXTS if src.kind != "folder" else tuple(e for e in ANIM_EXTS if e != ".png")
+    if suffix in anim:
         return "anim"
     raise NstjaxError(
         f"output {str(out)!r}: for {src.kind} input give a directory (one image per "
-        f"{'file' if src.kind == 'folder' else 'frame'}), an animation ({', '.join(ANIM_EXTS)}) or a video "
+        f"{'file' if src.kind == 'folder' else 'frame'}), an animation ({', '.join(anim)}) or a video "
         f"({', '.join(VIDEO_EXTS)})"
     )
 
@@ -303,37 +335,48 @@ def run_infer(cfg: DictConfig) -> dict[str, Any]:
 
     src = open_source(str(cfg.input), size)
     out = Path(str(cfg.output)).expanduser()
-    target = _check_output(src, out, _image_exts())
+    target = _check_output(src, Path(str(cfg.input)).expanduser(), out, _image_exts())
     stylizer = load_stylizer(str(cfg.model_path), step=step, use_stablehlo=bool(cfg.get("stablehlo", True)))
 
     stats = RunStats()
     written: list[str] = []
     collected: list[np.ndarray] = []
-    for key, content, y in stylize_stream(stylizer, src.frames(), batch=batch, stats=stats):
-        y = np.clip(y, 0.0, 1.0)
-        if mode == "luminance":
-            y = colorlib.transfer_luminance(y, content)
-        if target == "image":
-            written.append(str(save_image(y, out)))
-        elif target == "dir":
-            if src.kind in ("image", "folder"):
-                name = Path(key).name
-                if Path(name).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"):
-                    name = Path(name).stem + ".png"
+    video = None
+    if target == "video":
+        # Animation durations are only known once read, so GIF -> video uses fps or the default.
+        video = VideoWriter(out, float(fps or src.fps or DEFAULT_FPS))
+    ok = False
+    try:
+        for key, content, y in stylize_stream(stylizer, src.frames(), batch=batch, stats=stats):
+            y = np.clip(y, 0.0, 1.0)
+            if mode == "luminance":
+                y = colorlib.transfer_luminance(y, content)
+            if target == "image":
+                written.append(str(save_image(y, out)))
+            elif target == "dir":
+                if src.kind in ("image", "folder"):
+                    name = Path(key).name
+                    if Path(name).suffix.lower() not in OUT_IMAGE_EXTS:  # e.g. .gif, .ppm
+                        name = Path(name).stem + ".png"
+                else:
+                    name = f"frame_{int(key):05d}.png"
+                written.append(str(save_image(y, out / name)))
+            elif video is not None:
+                video.append(y)
             else:
-                name = f"frame_{int(key):05d}.png"
-            written.append(str(save_image(y, out / name)))
-        else:
-            collected.append(y)
+                collected.append(y)
+        ok = True
+    finally:
+        if video is not None:
+            video.close(ok)
     if target == "anim":
         durations = src.durations or []
-        if len(durations) != len(collected):  # a frame directory: fps (default 10) per frame
-            durations = [round(1000.0 / float(fps or DEFAULT_FPS))] * len(collected)
-        save_animation(collected, out, durations, src.loop)
+        if len(durations) != len(collected):  # a frame directory or video: fps (default 10) per frame
+            durations = [round(1000.0 / float(fps or src.fps or DEFAULT_FPS))] * len(collected)
+        # A GIF that played once stays so; animations made from frames or a video loop.
+        save_animation(collected, out, durations, src.loop if src.kind == "animation" else 0)
         written.append(str(out))
     elif target == "video":
-        rate = float(fps or src.fps or (1000.0 / np.mean(src.durations) if src.durations else DEFAULT_FPS))
-        save_video(collected, out, rate)
         written.append(str(out))
     dev = jax.devices()[0]
     return {

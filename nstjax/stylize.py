@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -16,6 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from nstjax.atomic import write_json_atomic
 from nstjax.errors import NstjaxError, cli_errors
 
 
@@ -52,12 +52,6 @@ def settings_from_cfg(cfg: DictConfig):
         content_weight=float(cfg.loss.content_weight), style_weight=float(cfg.loss.style_weight),
         tv_weight=float(cfg.loss.tv_weight), optimizer=str(cfg.optimizer), lr=float(cfg.lr),
         lbfgs_memory=int(cfg.lbfgs_memory), steps=0, log_every=int(cfg.log_every))
-
-
-def write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def run_stylize(cfg: DictConfig, run_dir: str | Path = "outputs/stylize") -> dict[str, Any]:

@@ -8,7 +8,6 @@ Re-running the same command resumes from the last checkpoint; `train.resume=fals
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from nstjax.errors import NstjaxError, cli_errors
-from nstjax.stylize import _as_list, layer_weights, quiet_jax_logs, write_json_atomic
+from nstjax.atomic import write_json_atomic
+from nstjax.stylize import _as_list, layer_weights, quiet_jax_logs
 
 
 def sample_grid(photos, outputs):

@@ -1,0 +1,235 @@
+"""Export a trained network, load it back, and stylize images, folders and animations.
+
+One tiny TransformerNet (width 0.125, one residual block) is saved through Checkpointer exactly
+as the trainer does; every path (artifact, stablehlo, checkpoint dir, CLI) must reproduce that
+model's own outputs on real photos.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from omegaconf import OmegaConf
+from PIL import Image, ImageSequence
+
+from nstjax import color
+from nstjax.checkpoint import Checkpointer
+from nstjax.errors import NstjaxError
+from nstjax.export import export_model, load_exported, read_artifact, write_artifact
+from nstjax.image import load_resized, to_uint8
+from nstjax.infer import run_infer
+from nstjax.networks import build_network
+
+SIZE = 42  # not a multiple of 4: exercises the reflect pad + crop
+MODEL = {"name": "johnson", "width": 0.125, "num_residual": 1, "dtype": "float32"}
+STEP = 5
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, photos):
+    d = tmp_path_factory.mktemp("export")
+    model = build_network(MODEL, rngs=nnx.Rngs(0))
+    # Perturb every param (instance-norm scales/biases start at exactly 1/0) so a swapped or
+    # dropped parameter cannot go unnoticed.
+    rng = np.random.default_rng(0)
+    params = nnx.state(model, nnx.Param)
+    noise = jax.tree.map(lambda a: 0.05 * rng.standard_normal(a.shape).astype(np.float32), params)
+    nnx.update(model, jax.tree.map(np.add, params, noise))
+    _, params = nnx.split(model, nnx.Param)
+    state = {"params": params, "opt_state": optax.adam(1e-3).init(params), "rng": jax.random.key(0)}
+    config = {"model": dict(MODEL), "style": {"name": "tiny"}, "train": {"steps": STEP}}
+    ckpt = d / "run" / "checkpoints"
+    with Checkpointer(ckpt, save_every=1) as ck:
+        ck.save(STEP, state, data_state={"epoch": 0}, config=config, metrics={"loss": 1.0}, force=True)
+    files = [photos / "val" / f"kodak24_kodim0{i}.jpg" for i in (1, 2)]
+    content = np.stack([load_resized(f, SIZE) for f in files])
+    ref = np.asarray(nnx.jit(lambda m, x: m(x))(model, content))
+    art = d / "tiny.nstjax.npz"
+    export_model(ckpt, art)
+    return {"dir": d, "ckpt": ckpt, "files": files, "content": content, "ref": ref, "artifact": art}
+
+
+def _cfg(**kw):
+    base = {"model_path": None, "step": None, "input": None, "output": None, "size": SIZE, "batch": 2,
+            "color": "none", "fps": None, "stablehlo": True}
+    return OmegaConf.create({**base, **kw})
+
+
+def _png(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_params_artifact_reproduces_model(setup):
+    art = setup["artifact"]
+    params, meta, hlo = read_artifact(art)
+    assert meta["kind"] == "params" and meta["model"] == MODEL and hlo is None
+    assert meta["source"]["step"] == STEP and meta["config"]["style"]["name"] == "tiny"
+    assert "conv1/conv/kernel" in params and "res/0/in1/scale" in params
+    assert not np.allclose(params["res/0/in1/scale"], 1.0)  # the perturbed weights were saved
+    assert not [p for p in art.parent.iterdir() if p.name.endswith(".tmp")]
+    stylize = load_exported(art)
+    y = stylize(setup["content"])
+    assert y.shape == setup["content"].shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, setup["ref"], atol=1e-5)
+    np.testing.assert_allclose(stylize(setup["content"][0]), setup["ref"][0], atol=1e-5)  # (H, W, 3)
+
+
+def test_stablehlo_artifact_is_shape_polymorphic(setup):
+    from jax import export
+
+    art = setup["dir"] / "tiny.hlo.npz"
+    meta = export_model(setup["artifact"], art, kind="stablehlo")  # an artifact converts too
+    assert meta["source"]["step"] == STEP
+    _, _, hlo = read_artifact(art)
+    x_aval = export.deserialize(bytearray(hlo)).in_avals[-1]
+    assert [str(d) for d in x_aval.shape] == ["b", "4*h", "4*w", "3"]
+    stylize = load_exported(art)
+    assert stylize.backend == "stablehlo"
+    np.testing.assert_allclose(stylize(setup["content"]), setup["ref"], atol=1e-5)
+    # Another batch and a spatial size needing asymmetric padding, without re-exporting.
+    x = setup["content"][1:, :, 3:]  # (1, 42, 39, 3)
+    want = load_exported(setup["artifact"])(x)
+    np.testing.assert_allclose(stylize(x), want, atol=1e-5)
+    with pytest.raises(NstjaxError, match="too small"):
+        stylize(np.zeros((1, 4, 9, 3), np.float32))
+
+
+def test_infer_single_image_from_checkpoint_dir(setup, tmp_path):
+    out = tmp_path / "one.png"
+    r = run_infer(_cfg(model_path=str(setup["ckpt"]), input=str(setup["files"][0]), output=str(out)))
+    assert r["images"] == 1 and r["backend"] == "params" and r["ms_per_image"] > 0
+    got = _png(out)
+    assert got.shape == (SIZE, SIZE, 3)
+    assert np.abs(got - to_uint8(setup["ref"][0])).max() <= 1
+
+
+def test_infer_directory_with_luminance(setup, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    names = [f.stem + ".png" for f in setup["files"]]  # lossless, so outputs compare to +-1
+    for f, name in zip(setup["files"], names):
+        Image.open(f).save(src / name)
+    (src / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    r = run_infer(_cfg(model_path=str(setup["artifact"]), input=str(src), output=str(out), color="luminance"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert r["images"] == 2 and r["shapes"] == [[2, SIZE, SIZE, 3]]
+    for i, name in enumerate(names):
+        want = color.transfer_luminance(np.clip(setup["ref"][i], 0, 1), setup["content"][i])
+        assert np.abs(_png(out / name) - to_uint8(want)).max() <= 1
+    assert np.abs(_png(out / names[0]) - _png(out / names[1])).mean() > 10
+
+
+def test_infer_animated_gif_keeps_frames_and_durations(setup, tmp_path, photos):
+    frames = [Image.fromarray(to_uint8(load_resized(photos / "val" / f"kodak24_kodim0{i}.jpg", SIZE)))
+              for i in (3, 4, 5)]
+    gif = tmp_path / "clip.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=[100, 200, 300], loop=0)
+    out = tmp_path / "styled.gif"
+    r = run_infer(_cfg(model_path=str(setup["artifact"]), input=str(gif), output=str(out)))
+    assert r["images"] == 3 and r["input_kind"] == "animation"
+    assert r["shapes"] == [[2, SIZE, SIZE, 3]]  # the last frame is padded into the same executable
+    with Image.open(gif) as im:
+        inputs = [np.asarray(f.convert("RGB"), np.float32) / 255 for f in ImageSequence.Iterator(im)]
+    stylize = load_exported(setup["artifact"])
+    # Batches of 2, as infer ran them (same executables, no extra compile).
+    want = np.concatenate([stylize(np.stack(inputs[:2])), stylize(np.stack([inputs[2]] * 2))[:1]])
+    want = np.clip(want, 0, 1)
+    with Image.open(out) as im:
+        assert im.n_frames == 3 and im.info.get("loop") == 0
+        durations, got = [], []
+        for f in ImageSequence.Iterator(im):
+            durations.append(f.info["duration"])
+            got.append(np.asarray(f.convert("RGB"), np.float32) / 255)
+    assert durations == [100, 200, 300]
+    for i in range(3):
+        err = np.abs(got[i] - want[i]).mean()
+        assert err < 0.05  # GIF's 256-colour palette only (measured ~0.027)
+        others = [np.abs(got[i] - o).mean() for o in [inputs[i], *(want[j] for j in range(3) if j != i)]]
+        assert min(others) > 4 * err  # stylized, and the frames are in order (measured > 0.3)
+
+
+def test_bad_inputs_raise_one_clear_error(setup, tmp_path):
+    photo = str(setup["files"][0])
+    art = setup["artifact"]
+    (tmp_path / "random.npz").write_bytes(os.urandom(2000))
+    (tmp_path / "half.npz").write_bytes(art.read_bytes()[: art.stat().st_size // 2])
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    (tmp_path / "notes.xyz").write_text("x")
+    (tmp_path / "empty").mkdir()
+    params, meta, _ = read_artifact(art)
+    params["res/0/conv1/conv/kernel"] = params["res/0/conv1/conv/kernel"][:, :, :, :1]
+    write_artifact(tmp_path / "wrong.npz", params, meta)
+    cases = {
+        "missing model": (dict(model_path=str(tmp_path / "nope.npz")), "nope.npz"),
+        "dir not a checkpoint": (dict(model_path=str(setup["files"][0].parent)), "no finished checkpoint"),
+        "random bytes": (dict(model_path=str(tmp_path / "random.npz")), "random.npz"),
+        "truncated": (dict(model_path=str(tmp_path / "half.npz")), "half.npz"),
+        "foreign npz": (dict(model_path=str(tmp_path / "other.npz")), "not an nstjax artifact"),
+        "wrong shapes": (dict(model_path=str(tmp_path / "wrong.npz")), "res/0/conv1/conv/kernel"),
+        "overwrite input": (dict(output=photo), "is the input"),
+        "missing input": (dict(input=str(tmp_path / "gone.jpg")), "gone.jpg"),
+        "unknown ext": (dict(input=str(tmp_path / "notes.xyz")), ".xyz"),
+        "empty dir": (dict(input=str(tmp_path / "empty")), "no image files"),
+        "bad output": (dict(output=str(tmp_path / "o.docx")), "o.docx"),
+        "bad color": (dict(color="sepia"), "color"),
+        "bad batch": (dict(batch=0), "batch"),
+        "step on file": (dict(step=3), "step=3"),
+        "no model": (dict(model_path=None), "model_path"),
+    }
+    for name, (kw, needle) in cases.items():
+        cfg = _cfg(**{"model_path": str(art), "input": photo, "output": str(tmp_path / "o.png"), **kw})
+        with pytest.raises(NstjaxError) as e:
+            run_infer(cfg)
+        assert needle in str(e.value) and "\n" not in str(e.value), (name, str(e.value))
+    with pytest.raises(NstjaxError, match="no step 9"):
+        run_infer(_cfg(model_path=str(setup["ckpt"]), step=9, input=photo, output=str(tmp_path / "o.png")))
+    with pytest.raises(NstjaxError, match="format"):
+        export_model(setup["ckpt"], tmp_path / "x.npz", kind="onnx")
+    with pytest.raises(NstjaxError, match="missing_ckpt"):
+        export_model(tmp_path / "missing_ckpt", tmp_path / "x.npz")
+    try:
+        import imageio  # noqa: F401
+    except ImportError:
+        (tmp_path / "clip.mp4").write_bytes(b"\x00" * 64)
+        with pytest.raises(NstjaxError, match=r"imageio\[ffmpeg\]"):
+            run_infer(_cfg(model_path=str(art), input=str(tmp_path / "clip.mp4"),
+                           output=str(tmp_path / "o.gif")))
+
+
+def _cli(module, args, cwd):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_export_stablehlo_then_infer_in_a_fresh_process(setup, tmp_path):
+    art = tmp_path / "m.hlo.npz"
+    r = _cli("nstjax.export", [f"checkpoint={setup['ckpt']}", f"output={art}", "format=stablehlo",
+                               f"step={STEP}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "stablehlo" in r.stdout and art.is_file()
+    out = tmp_path / "o.png"
+    r = _cli("nstjax.infer", [f"model_path={art}", f"input={setup['files'][0]}", f"output={out}",
+                              f"size={SIZE}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ms/image" in r.stdout and "stablehlo" in r.stdout
+    assert np.abs(_png(out) - to_uint8(setup["ref"][0])).max() <= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.hlo.npz", "o.png"]  # no Hydra clutter
+
+
+def test_cli_bad_input_is_one_line(setup, tmp_path):
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+    r = _cli("nstjax.infer", [f"model_path={tmp_path / 'broken.npz'}", f"input={setup['files'][0]}",
+                              f"output={tmp_path / 'o.png'}"], tmp_path)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("nstjax: error:"), r.stderr[-1500:]
+    assert "broken.npz" in lines[0] and "Traceback" not in r.stderr
