@@ -74,6 +74,12 @@ class GatysResult:
 Callback = Callable[[int, np.ndarray, dict[str, float]], None]
 
 
+@partial(jax.jit, static_argnums=(0, 3))
+def encode(graphdef, vgg_state, img: jax.Array, layers: tuple[str, ...]) -> dict[str, jax.Array]:
+    """VGG features of `img` at `layers`; weights are an argument, not baked-in constants."""
+    return nnx.merge(graphdef, vgg_state)(img, layers)
+
+
 class GatysProblem:
     """Targets and objective for one content size: encodes content and styles once."""
 
@@ -83,7 +89,7 @@ class GatysProblem:
         self.s = settings
         self.graphdef, self.vgg_state = nnx.split(vgg)
         self.shape = (1, *content.shape)
-        blend = _normalized_blend(blend, len(styles))
+        blend = normalized_blend(blend, len(styles))
         c_feats = self._encode(jnp.asarray(content)[None], tuple(settings.content_layers))
         grams = {k: 0.0 for k in settings.style_layers}
         for w, style in zip(blend, styles):
@@ -92,9 +98,8 @@ class GatysProblem:
                 grams[k] = grams[k] + w * L.gram(feats[k])
         self.consts = (self.vgg_state, c_feats, grams)
 
-    @partial(jax.jit, static_argnums=(0, 2))
     def _encode(self, img: jax.Array, layers: tuple[str, ...]) -> dict[str, jax.Array]:
-        return nnx.merge(self.graphdef, self.vgg_state)(img, layers)
+        return encode(self.graphdef, self.vgg_state, img, layers)
 
     def terms(self, x: jax.Array, consts) -> dict[str, jax.Array]:
         """Unweighted loss terms and the weighted total for image batch x (1, H, W, 3)."""
@@ -144,7 +149,7 @@ class GatysProblem:
         return jitted.lower(x, opt_state, self.consts, jnp.int32(chunk)).compile()
 
 
-def _normalized_blend(blend: Sequence[float] | None, n: int) -> list[float]:
+def normalized_blend(blend: Sequence[float] | None, n: int) -> list[float]:
     if n < 1:
         raise NstjaxError("style.image: at least one style image is needed")
     if blend is None:

@@ -106,6 +106,7 @@ def run_stylize(cfg: DictConfig, run_dir: str | Path = "outputs/stylize") -> dic
         tracker.log({f"loss/{k}": v for k, v in terms.items()}, step=step)
         if image_every and step // image_every > last_logged[0] // image_every:
             tracker.log_images({"image": x}, step=step)
+            save_image(x, out.with_name(f"{out.stem}_{step:05d}{out.suffix}"))  # like neural-style's -save_iter
         last_logged[0] = step
 
     t0 = time.perf_counter()

@@ -73,10 +73,13 @@ def make_optimizer(lr: float, steps: int, schedule: str = "constant", warmup: in
 def style_targets(vgg: VGG19, style_images: list[np.ndarray], layers: Mapping[str, float],
                   blend: list[float] | None = None) -> dict[str, jax.Array]:
     """Gram targets of the style image(s), computed once before training (blend-averaged)."""
-    blend = blend or [1.0 / len(style_images)] * len(style_images)
+    from nstjax.gatys import encode, normalized_blend
+
+    blend = normalized_blend(blend, len(style_images))
+    graphdef, state = nnx.split(vgg)
     out: dict[str, jax.Array] = {}
     for w, img in zip(blend, style_images):
-        feats = jax.jit(lambda x: vgg(x, tuple(layers)))(jnp.asarray(img)[None])
+        feats = encode(graphdef, state, jnp.asarray(img)[None], tuple(layers))
         for k in layers:
             out[k] = out.get(k, 0.0) + w * L.gram(feats[k])
     return out

@@ -47,6 +47,18 @@ def preprocess(rgb01: jax.Array) -> jax.Array:
     return rgb01[..., ::-1] * 255.0 - jnp.asarray(CAFFE_MEAN_BGR)
 
 
+def pool2x2(x: jax.Array, kind: str = "max") -> jax.Array:
+    """2x2 stride-2 VALID pooling written as reshape + reduce.
+
+    Same values as reduce_window pooling, but its gradient is an elementwise mask that XLA
+    fuses, instead of select-and-scatter, which is ~5x slower on CPU: it matters for Gatys,
+    which backpropagates through every pool at full image resolution each step.
+    """
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+    return x.max(axis=(2, 4)) if kind == "max" else x.mean(axis=(2, 4))
+
+
 class VGG19(nnx.Module):
     """VGG-19 convolutional trunk (NHWC). `pooling` is 'max' (the original) or 'avg' (Gatys)."""
 
@@ -65,9 +77,7 @@ class VGG19(nnx.Module):
         self.dtype = dtype
 
     def _pool(self, x: jax.Array) -> jax.Array:
-        if self.pooling == "max":
-            return nnx.max_pool(x, (2, 2), strides=(2, 2))
-        return nnx.avg_pool(x, (2, 2), strides=(2, 2))
+        return pool2x2(x, self.pooling)
 
     def __call__(self, rgb01: jax.Array, layers: Sequence[str]) -> dict[str, jax.Array]:
         """Features of a [0, 1] RGB batch at `layers` (float32), computed up to the deepest one."""

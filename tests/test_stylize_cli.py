@@ -16,10 +16,11 @@ def run_cli(args, cwd, assets, module="nstjax.stylize", timeout=600):
 
 def test_stylize_writes_image_and_report(tmp_path, assets):
     r = run_cli(["content.image=data/content/amber.jpg", "style=candy", "size=48", "steps=6",
-                 "log_every=3", "optimizer=adam", "color=luminance", f"output={tmp_path}/o.png",
+                 "log_every=3", "image_every=3", "optimizer=adam", "color=luminance", f"output={tmp_path}/o.png",
                  f"hydra.run.dir={tmp_path}/run"], tmp_path, assets)
     assert r.returncode == 0, r.stderr[-2000:]
     assert Image.open(tmp_path / "o.png").size == (48, 48)
+    assert (tmp_path / "o_00003.png").exists() and (tmp_path / "o_00006.png").exists()
     rep = json.loads((tmp_path / "o.json").read_text())
     for k in ("content", "style", "tv", "total"):
         assert k in rep["initial"] and k in rep["final"]
