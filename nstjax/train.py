@@ -153,7 +153,8 @@ def run_train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                    "devices": n_dev, "device": jax.devices()[0].device_kind,
                    "data_skipped": it.skipped, "ckpt_dir": str(t.ckpt_dir)}
         write_json_atomic(summary, run_dir / "summary.json")
-        tracker.summary(summary | {"val": None})
+        tracker.summary({k: v for k, v in summary.items() if k != "val"}
+                        | {f"val/{k}": v for k, v in final.items()})
     finally:
         bar.close()
         ckpt.close()
