@@ -1,8 +1,9 @@
 """Gatys et al. (2015) style transfer: optimize the pixels of an image against VGG-19 losses.
 
-The optimizer loop runs on the device: one jit-compiled function performs up to `log_every`
-steps (a `fori_loop`), recording the loss of every step in a buffer, so the host only syncs
-once per chunk (for the progress bar and logging) and nothing recompiles between chunks.
+One optimizer step is one AOT-compiled function (compiled once per image size), dispatched
+asynchronously step after step; the per-step losses stay on the device until the end of a
+chunk of `log_every` steps, so the host syncs once per chunk (progress bar, logging) and
+nothing recompiles between steps.
 """
 from __future__ import annotations
 
@@ -121,32 +122,29 @@ class GatysProblem:
         return optax.lbfgs(memory_size=self.s.lbfgs_memory)
 
     def compile(self, tx: optax.GradientTransformation, x: jax.Array, opt_state):
-        """AOT-compile the chunked optimizer loop for this image size (once per size)."""
-        chunk = self.s.log_every
+        """AOT-compile one optimizer step for this image size (once per size).
+
+        One step per call, dispatched asynchronously: the host never waits on a step, and
+        XLA:CPU runs a plain jitted step about twice as fast as the same step inside a
+        device-side while loop (measured), so a fori_loop over steps would cost more than
+        it saves in dispatch.
+        """
         lbfgs = self.s.optimizer == "lbfgs"
         donate = (0, 1) if jax.default_backend() != "cpu" else ()
 
-        def run(x, opt_state, consts, n):
+        def step(x, opt_state, consts):
             f = partial(self.objective, consts=consts)
-            vg = optax.value_and_grad_from_state(f) if lbfgs else jax.value_and_grad(f)
+            if lbfgs:
+                v, g = optax.value_and_grad_from_state(f)(x, state=opt_state)
+                upd, opt_state = tx.update(g, opt_state, x, value=v, grad=g, value_fn=f)
+                x = optax.apply_updates(x, upd)
+            else:
+                v, g = jax.value_and_grad(f)(x)
+                upd, opt_state = tx.update(g, opt_state, x)
+                x = jnp.clip(optax.apply_updates(x, upd), 0.0, 1.0)  # projected Adam
+            return x, opt_state, v
 
-            def body(i, carry):
-                x, s, buf = carry
-                if lbfgs:
-                    v, g = vg(x, state=s)
-                    upd, s = tx.update(g, s, x, value=v, grad=g, value_fn=f)
-                    x = optax.apply_updates(x, upd)
-                else:
-                    v, g = vg(x)
-                    upd, s = tx.update(g, s, x)
-                    x = jnp.clip(optax.apply_updates(x, upd), 0.0, 1.0)  # projected Adam
-                return x, s, buf.at[i].set(v)
-
-            buf = jnp.full((chunk,), jnp.nan, jnp.float32)
-            return jax.lax.fori_loop(0, n, body, (x, opt_state, buf))
-
-        jitted = jax.jit(run, donate_argnums=donate)
-        return jitted.lower(x, opt_state, self.consts, jnp.int32(chunk)).compile()
+        return jax.jit(step, donate_argnums=donate).lower(x, opt_state, self.consts).compile()
 
 
 def normalized_blend(blend: Sequence[float] | None, n: int) -> list[float]:
@@ -184,8 +182,11 @@ def run_gatys(vgg: VGG19, content: np.ndarray, styles: Sequence[np.ndarray], set
     t0 = time.perf_counter()
     while done < settings.steps:
         n = min(settings.log_every, settings.steps - done)
-        x, opt_state, buf = run(x, opt_state, problem.consts, jnp.int32(n))
-        vals = np.asarray(buf[:n])  # the one host sync per chunk
+        values = []
+        for _ in range(n):  # asynchronous dispatch: no host sync inside a chunk
+            x, opt_state, v = run(x, opt_state, problem.consts)
+            values.append(v)
+        vals = np.asarray(jax.device_get(values))  # the one host sync per chunk
         history += [(step_offset + done + i, float(v)) for i, v in enumerate(vals)]
         done += n
         if callback is not None:
