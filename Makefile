@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 
 demo: install
 	$(PY) -m nstjax.stylize content.image=data/content/chicago.jpg style=mosaic \
-		size=256 steps=150 output=outputs/demo/chicago_mosaic.png
+		size=256 steps=100 output=outputs/demo/chicago_mosaic.png
 
 test: install
 	$(PY) -m pytest -q tests
