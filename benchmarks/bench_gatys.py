@@ -99,8 +99,8 @@ def main() -> None:
     out_dir.mkdir(exist_ok=True)
     tag = "_".join(map(str, args.sizes))
     (out_dir / f"gatys_{args.optimizer}_{tag}.json").write_text(json.dumps(results, indent=1))
-    print(f"\n| size | optimizer | nstjax ms/step | torch ms/step | ratio | nstjax final loss | torch final loss "
-          f"| nstjax peak RSS MB | torch peak RSS MB | nstjax compile s |")
+    print("\n| size | optimizer | nstjax ms/step | torch ms/step | ratio | nstjax final loss | torch final loss "
+          "| nstjax peak RSS MB | torch peak RSS MB | nstjax compile s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         j, t = r["nstjax"], r.get("torch")

@@ -62,7 +62,7 @@ def run_stylize(cfg: DictConfig, run_dir: str | Path = "outputs/stylize") -> dic
 
     from nstjax import assets, color
     from nstjax.gatys import make_levels, stylize_pyramid
-    from nstjax.image import fit_size, load_image, resize, save_image
+    from nstjax.image import load_image, resize, save_image
     from nstjax.tracking import Tracker
     from nstjax.vgg import load_vgg19
 

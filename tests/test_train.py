@@ -5,9 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
-from tests.test_stylize_cli import run_cli
 
 TINY = ["experiment=cpu_quick", "model.width=0.125", "model.num_residual=1", "data.size=32",
         "loss.style_size=64", "train.samples=2", "train.log_every=2", "wandb=disabled"]
