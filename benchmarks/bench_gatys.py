@@ -7,6 +7,8 @@ process so peak RSS (ru_maxrss) belongs to that run alone. Time per step exclude
 
     python benchmarks/bench_gatys.py --sizes 256 512 --steps 20
     python benchmarks/bench_gatys.py --sizes 1024 --steps 5 --skip-torch   # memory at 1024 px
+    # GPU box (torch with CUDA in python3): both sides on the GPU
+    python benchmarks/bench_gatys.py --sizes 512 1024 --steps 100 --torch-python python3 --torch-device cuda
 Results: benchmarks/results/gatys_<optimizer>.json and a markdown table on stdout.
 """
 from __future__ import annotations
@@ -27,6 +29,9 @@ WEIGHTS = dict(content_weight=5.0, style_weight=100.0, tv_weight=1e-3)
 
 
 def jax_child(args: argparse.Namespace) -> None:
+    from nstjax.runtime import set_gpu_triton_gemm
+
+    set_gpu_triton_gemm(False)  # as `nstjax.stylize` does (conf/stylize.yaml runtime); before JAX starts
     import jax
     import numpy as np
 
@@ -41,7 +46,10 @@ def jax_child(args: argparse.Namespace) -> None:
     warm_seconds = time.perf_counter() - t0
     r = run_gatys(vgg, content, [style], GatysSettings(optimizer=args.optimizer, lr=args.lr, steps=args.steps,
                                                        log_every=args.steps, **WEIGHTS))
+    mem = jax.devices()[0].memory_stats() or {}
     out = {"framework": "nstjax", "jax": jax.__version__, "device": jax.devices()[0].device_kind,
+           "peak_device_mb": mem["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in mem else None,
+           "seconds": r.run_seconds, "steps": args.steps,
            "ms_per_step": 1000 * r.run_seconds / args.steps, "compile_s": warm.compile_seconds,
            "warmup_s": warm_seconds, "loss_init": r.initial, "loss_final": r.final,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -61,6 +69,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--torch-variants", default="contiguous,channels_last")
+    ap.add_argument("--torch-python", default=str(TORCH_PY), help="python with torch (default: .venv-bench)")
+    ap.add_argument("--torch-device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--child", choices=["jax"], help=argparse.SUPPRESS)
     ap.add_argument("--content"), ap.add_argument("--style"), ap.add_argument("--out")
     args = ap.parse_args()
@@ -86,7 +97,7 @@ def main() -> None:
             row["nstjax"] = json.loads(jo.read_text())
             if not args.skip_torch:
                 to = Path(tmp, f"torch{size}.json")
-                run([str(TORCH_PY), "benchmarks/torch_ref.py", "gatys", "--content", str(c), "--style", str(s),
+                run([args.torch_python, "benchmarks/torch_ref.py", "gatys", "--device", args.torch_device, "--content", str(c), "--style", str(s),
                      "--steps", str(args.steps), "--warmup", str(args.warmup), "--optimizer", args.optimizer,
                      "--lr", str(args.lr), "--content-weight", str(WEIGHTS["content_weight"]),
                      "--style-weight", str(WEIGHTS["style_weight"]), "--tv-weight", str(WEIGHTS["tv_weight"]),
@@ -95,13 +106,15 @@ def main() -> None:
             results.append(row)
             print(json.dumps({k: (v if k == "size" else {kk: v[kk] for kk in ("ms_per_step", "peak_rss_mb")})
                               for k, v in row.items()}), flush=True)
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(exist_ok=True)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     tag = "_".join(map(str, args.sizes))
     (out_dir / f"gatys_{args.optimizer}_{tag}.json").write_text(json.dumps(results, indent=1))
+    dev = results[0]["nstjax"]["device"] if results else "?"
+    print(f"\nnstjax on {dev}, torch on {args.torch_device}; {args.steps} timed steps")
     print("\n| size | optimizer | nstjax ms/step | torch ms/step | ratio | nstjax final loss | torch final loss "
-          "| nstjax peak RSS MB | torch peak RSS MB | nstjax compile s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| nstjax peak RSS MB | torch peak RSS MB | nstjax compile s | nstjax / torch peak device MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         j, t = r["nstjax"], r.get("torch")
         tms = f"{t['ms_per_step']:.0f}" if t else "-"
@@ -109,7 +122,8 @@ def main() -> None:
         tl = f"{t['loss_final']['total']:.4g}" if t else "-"
         trss = f"{t['peak_rss_mb']:.0f}" if t else "-"
         print(f"| {r['size']} | {args.optimizer} | {j['ms_per_step']:.0f} | {tms} | {ratio} | "
-              f"{j['loss_final']['total']:.4g} | {tl} | {j['peak_rss_mb']:.0f} | {trss} | {j['compile_s']:.1f} |")
+              f"{j['loss_final']['total']:.4g} | {tl} | {j['peak_rss_mb']:.0f} | {trss} | {j['compile_s']:.1f} "
+              f"| {j.get('peak_device_mb') or 0:.0f} / {(t or {}).get('peak_device_mb') or 0:.0f} |")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_train.py --size 64 --batch 2 --steps 2 --warmup 1   # smoke
     .venv/bin/python benchmarks/bench_train.py --devices 2           # data-parallel path, 2 fake CPUs
     .venv/bin/python benchmarks/bench_train.py --skip-torch --dtype float32,bfloat16   # GPU box
+    python benchmarks/bench_train.py --dtype float32,bfloat16 --torch-python python3 --torch-device cuda
 
 What is timed
 -------------
@@ -247,10 +248,11 @@ def run_jax(args, dtype: str, inputs: dict[str, str], tmp: Path) -> dict[str, An
 
 
 def run_torch(args, inputs: dict[str, str], tmp: Path) -> dict[str, Any]:
-    if not TORCH_PYTHON.exists():
+    torch_python = args.torch_python or str(TORCH_PYTHON)
+    if args.torch_python is None and not TORCH_PYTHON.exists():
         return {"framework": "pytorch", "error": f"{TORCH_PYTHON} missing: run bash benchmarks/setup_torch_env.sh"}
     out = tmp / "torch.json"
-    cmd = [str(TORCH_PYTHON), str(TORCH_REF), "train",
+    cmd = [torch_python, str(TORCH_REF), "train", "--device", args.torch_device, "--amp", args.torch_amp,
            "--style", inputs["style"], "--photos", inputs["photos"], "--weights", inputs["weights"],
            "--size", str(args.size), "--batch", str(args.batch),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--seed", str(args.seed),
@@ -317,7 +319,7 @@ def table(jax_runs: list[dict], torch_run: dict | None) -> str:
         t = torch_run
         rows.append(
             f"| pytorch {t['torch_version']} | {t.get('selected_variant', t['backend'] + '/' + t['memory_format'])} "
-            f"| cpu ({t['threads']} threads) | {fmt(t['ms_per_step'])} | {fmt(t['images_per_sec'], '.2f')} "
+            f"| {t.get('device_name') or 'cpu (' + str(t['threads']) + ' threads)'}{', bf16 autocast' if t.get('amp') == 'bf16' else ''} | {fmt(t['ms_per_step'])} | {fmt(t['images_per_sec'], '.2f')} "
             f"| {fmt(t['warmup_s'])} | {fmt(t['peak_rss_mb'], '.0f')} | {t['loss_first']['total']:.5g} "
             f"| {t['loss_last']['total']:.5g} | 1.00 |")
     return "\n".join(rows)
@@ -366,6 +368,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--torch-compile", action="store_true",
                    help="also try torch.compile on the torch side (cold compile: minutes)")
     p.add_argument("--out", type=Path, default=None, help="result JSON (default: benchmarks/results/...)")
+    p.add_argument("--torch-python", default=None, help="python with torch (default: .venv-bench/bin/python)")
+    p.add_argument("--torch-device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--torch-amp", default="none", choices=("none", "bf16"))
     p.add_argument("--worker-spec", help=argparse.SUPPRESS)  # internal: run the JAX side
     args = p.parse_args(argv)
     if args.worker_spec:

@@ -26,7 +26,11 @@ Feed-forward (Johnson et al.) training step::
 
 Common options: ``--weights`` (default
 ``$NSTJAX_ASSETS/weights/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5``),
-``--threads`` (default: all cores), ``--seed``.
+``--threads`` (default: all cores), ``--seed``, ``--device cpu|cuda``.
+On CUDA, cuDNN autotuning (``cudnn.benchmark``) and TF32 for convolutions and matmuls are on
+(what XLA uses for float32 on the same GPU by default), timing synchronises the device once
+after the timed loop (as the JAX side blocks once), ``train --amp bf16`` runs the loss under
+``torch.autocast(bfloat16)``, and ``peak_device_mb`` is ``torch.cuda.max_memory_allocated``.
 
 ``--backend`` and ``--memory-format`` take comma-separated lists. With more
 than one combination every combination runs in its own child process (so peak
@@ -128,6 +132,13 @@ VGG_BLOCKS = (2, 2, 4, 4, 4)
 VGG_WEIGHTS_NAME = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 DEFAULT_STYLE_LAYERS = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"
 TRANSFORMER_NET_PARAMS = 1_679_235
+DEV = torch.device("cpu")  # set from --device in run_one
+
+
+def sync() -> None:
+    """Wait for queued device work (CUDA is asynchronous; CPU eager is not)."""
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
 
 
 # --------------------------------------------------------------------------- VGG
@@ -374,12 +385,12 @@ def run_gatys(args) -> dict:
     cw, sw, tvw = args.content_weight, args.style_weight, args.tv_weight
     mf = args.memory_format
 
-    vgg = VGG19Features(args.weights, list({**content_layers, **style_layers}))
+    vgg = VGG19Features(args.weights, list({**content_layers, **style_layers})).to(DEV)
     if mf == "channels_last":
         vgg = vgg.to(memory_format=torch.channels_last)
 
-    content = load_image(args.content)
-    style = load_image(args.style)
+    content = load_image(args.content).to(DEV)
+    style = load_image(args.style).to(DEV)
     with torch.no_grad():
         fc = vgg(to_format(preprocess(content), mf))
         fs = vgg(to_format(preprocess(style), mf))
@@ -420,7 +431,8 @@ def run_gatys(args) -> dict:
                 opt.step()
                 with torch.no_grad():
                     x.clamp_(0.0, 1.0)
-                times.append(time.perf_counter() - t)
+                if DEV.type == "cpu":  # per-step times would need a sync per step on CUDA
+                    times.append(time.perf_counter() - t)
         else:
             def closure():
                 opt.zero_grad(set_to_none=True)
@@ -432,7 +444,9 @@ def run_gatys(args) -> dict:
             for _ in range(n):
                 t = time.perf_counter()
                 opt.step(closure)
-                times.append(time.perf_counter() - t)
+                if DEV.type == "cpu":
+                    times.append(time.perf_counter() - t)
+        sync()
 
     # Warmup (includes torch.compile's compilation) on a copy of x.
     t0 = time.perf_counter()
@@ -455,7 +469,7 @@ def run_gatys(args) -> dict:
     x_final = x.detach()
     loss_final = eval_losses(x_final)
     if args.out_image:
-        np.save(args.out_image, x_final[0].permute(1, 2, 0).contiguous().numpy())
+        np.save(args.out_image, x_final[0].permute(1, 2, 0).contiguous().cpu().numpy())
 
     steps = max(args.steps, 1)
     return {
@@ -495,8 +509,8 @@ def run_train(args) -> dict:
     mf = args.memory_format
     B = args.batch
 
-    vgg = VGG19Features(args.weights, list({**content_layers, **style_layers}))
-    net = TransformerNet()
+    vgg = VGG19Features(args.weights, list({**content_layers, **style_layers})).to(DEV)
+    net = TransformerNet().to(DEV)
     n_params = sum(p.numel() for p in net.parameters())
     assert n_params == TRANSFORMER_NET_PARAMS, n_params
     if mf == "channels_last":
@@ -504,7 +518,7 @@ def run_train(args) -> dict:
         net = net.to(memory_format=torch.channels_last)
     net.train()
 
-    style = load_image(args.style)
+    style = load_image(args.style).to(DEV)
     with torch.no_grad():
         fs = vgg(to_format(preprocess(style), mf))
         gram_style = {l: gram(fs[l]) for l in style_layers}  # (1,C,C), broadcasts over B
@@ -522,7 +536,7 @@ def run_train(args) -> dict:
         pool = rng.rand(max(4 * B, 8), args.size, args.size, 3).astype(np.float32)
     if pool.shape[0] < B:
         pool = np.concatenate([pool] * (-(-B // pool.shape[0])), axis=0)
-    pool_t = to_format(torch.from_numpy(pool).permute(0, 3, 1, 2), mf)
+    pool_t = to_format(torch.from_numpy(pool).permute(0, 3, 1, 2).to(DEV), mf)
     n_batches = pool_t.shape[0] // B
     batches = [pool_t[i * B:(i + 1) * B].clone(memory_format=torch.preserve_format) for i in range(n_batches)]
     del pool_t
@@ -550,9 +564,12 @@ def run_train(args) -> dict:
         except (RuntimeError, TypeError, ValueError):
             return torch.optim.Adam(net.parameters(), lr=args.lr)
 
+    amp = args.amp == "bf16"
+
     def step(opt, x):
         opt.zero_grad(set_to_none=True)
-        parts = loss_fn(x)
+        with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=amp):
+            parts = loss_fn(x)
         parts[0].backward()
         opt.step()
         return parts
@@ -563,6 +580,7 @@ def run_train(args) -> dict:
     opt = make_opt()
     for i in range(args.warmup):
         step(opt, batches[i % n_batches])
+    sync()
     warmup_s = time.perf_counter() - t0
 
     # Reset so the timed run starts from the same weights as an un-warmed one.
@@ -575,11 +593,13 @@ def run_train(args) -> dict:
     for i in range(args.steps):
         ts = time.perf_counter()
         total, c, s, t = step(opt, batches[i % n_batches])
-        step_s.append(time.perf_counter() - ts)
+        if DEV.type == "cpu":
+            step_s.append(time.perf_counter() - ts)
         history.append(total.detach())
         if i == 0:
             first = (total.detach(), c.detach(), s.detach(), t.detach())
         last = (total.detach(), c.detach(), s.detach(), t.detach())
+    sync()
     total_s = time.perf_counter() - t0
 
     def ld(v):
@@ -588,6 +608,7 @@ def run_train(args) -> dict:
     steps = max(args.steps, 1)
     return {
         "mode": "train",
+        "amp": args.amp,
         "size": list(batches[0].shape[2:]),
         "batch": B,
         "lr": args.lr,
@@ -633,6 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--memory-format", default="contiguous",
                         help="comma list of contiguous,channels_last")
         sp.add_argument("--style", required=True, help="style image .npy (H,W,3)")
+        sp.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
 
     g = sub.add_parser("gatys", help="Gatys image optimisation")
     common(g)
@@ -660,13 +682,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--style-layers", default=DEFAULT_STYLE_LAYERS)
     t.add_argument("--vgg-call", choices=("batched", "separate"), default="batched")
     t.add_argument("--warmup", type=int, default=3)
+    t.add_argument("--amp", choices=("none", "bf16"), default="none",
+                   help="bf16: run the loss under torch.autocast(bfloat16)")
     return p
 
 
 def run_one(args) -> dict:
+    global DEV
+    DEV = torch.device(args.device)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    if DEV.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats()
     res = run_gatys(args) if args.mode == "gatys" else run_train(args)
+    if DEV.type == "cuda":
+        res["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        res["device_name"] = torch.cuda.get_device_name()
     if args.backend == "compile":
         res["dynamo"] = dynamo_stats()
     head = {
@@ -675,6 +709,7 @@ def run_one(args) -> dict:
         "backend": args.backend,
         "memory_format": args.memory_format,
         "threads": torch.get_num_threads(),
+        "device": args.device,
         "seed": args.seed,
         "weights": args.weights,
     }

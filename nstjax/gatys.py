@@ -170,7 +170,9 @@ def run_gatys(vgg: VGG19, content: np.ndarray, styles: Sequence[np.ndarray], set
     terms_fn = jax.jit(problem.terms)
     initial = {k: float(v) for k, v in terms_fn(x, problem.consts).items()}
     tx = problem.make_optimizer()
-    opt_state = tx.init(x)
+    # The step donates x and the optimizer state (off CPU). optax may hand out one buffer for
+    # two state leaves (L-BFGS does on GPU), which donation rejects, so each leaf gets its own.
+    x, opt_state = jax.tree.map(jnp.copy, (x, tx.init(x)))
 
     t0 = time.perf_counter()
     run = problem.compile(tx, x, opt_state)

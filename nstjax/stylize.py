@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nstjax.atomic import write_json_atomic
 from nstjax.errors import NstjaxError, cli_errors
+from nstjax.runtime import configure as configure_runtime
 
 
 def quiet_jax_logs() -> None:
@@ -150,6 +151,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     quiet_jax_logs()
+    configure_runtime(cfg.get("runtime"))
     report = run_stylize(cfg, run_dir=HydraConfig.get().runtime.output_dir)
     f = report["final"]
     print(f"wrote {report['output']} ({report['size'][0]}x{report['size'][1]}, {report['steps']} steps, "

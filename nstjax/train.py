@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from nstjax.errors import NstjaxError, cli_errors
+from nstjax.runtime import configure as configure_runtime
 from nstjax.atomic import write_json_atomic
 from nstjax.stylize import _as_list, layer_weights, quiet_jax_logs
 
@@ -117,6 +118,8 @@ def run_train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     last_t, last_step = time.perf_counter(), start
     summary: dict[str, Any] = {}
     step = start
+    logged_ips: list[float] = []  # throughput of every log interval (the first includes compilation)
+    loop_t0 = time.perf_counter()
     try:
         with GracefulStop() as stop:
             for step in range(start + 1, steps + 1):
@@ -126,6 +129,7 @@ def run_train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     now = time.perf_counter()
                     ips = (step - last_step) * batch_size / (now - last_t)
                     last_t, last_step = now, step
+                    logged_ips.append(ips)
                     lr = float(schedule(step))
                     tracker.log({**{f"loss/{k}": v for k, v in vals.items() if k != "grad_norm"},
                                  "grad_norm": vals["grad_norm"], "images_per_sec": ips, "lr": lr,
@@ -147,11 +151,15 @@ def run_train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     print(f"\nstopped by {stop.signal_name} at step {step}; checkpoint saved to {t.ckpt_dir}")
                     break
         ckpt.wait()
+        train_seconds = time.perf_counter() - loop_t0
+        steady = sorted(logged_ips[1:] or logged_ips)
         final = save_samples(step)
         summary = {"step": step, "val": final, "val_photo_style_loss": photo_style,
                    "style_loss_reduction": photo_style / max(final["style"], 1e-30),
                    "devices": n_dev, "device": jax.devices()[0].device_kind,
-                   "data_skipped": it.skipped, "ckpt_dir": str(t.ckpt_dir)}
+                   "data_skipped": it.skipped, "ckpt_dir": str(t.ckpt_dir),
+                   "train_seconds": train_seconds, "steps_this_run": step - start,
+                   "images_per_sec_median": steady[len(steady) // 2] if steady else None}
         write_json_atomic(summary, run_dir / "summary.json")
         tracker.summary({k: v for k, v in summary.items() if k != "val"}
                         | {f"val/{k}": v for k, v in final.items()})
@@ -169,6 +177,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     quiet_jax_logs()
+    configure_runtime(cfg.get("runtime"))
     s = run_train(cfg, HydraConfig.get().runtime.output_dir)
     if s:
         print(f"done at step {s['step']}: val content {s['val']['content']:.4g}, style {s['val']['style']:.4g} "

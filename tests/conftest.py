@@ -8,6 +8,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The suite is a CPU suite (CI has no GPU). On a GPU machine JAX would pick the GPU, where the
+# 2-device data-parallel test has one device and XLA's autotuning warnings reach the CLIs'
+# stderr; pinning CPU here (inherited by the CLI subprocesses) keeps the results the same.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 
 def assets_dir() -> Path:
     env = os.environ.get("NSTJAX_ASSETS")

@@ -37,6 +37,19 @@ def test_multirun_sweep(tmp_path, assets):
     assert reps[0]["final"]["total"] < reps[1]["final"]["total"]  # 100x the style weight
 
 
+def test_compilation_cache_is_written_then_reused(tmp_path, assets):
+    cache = tmp_path / "xla_cache"
+    args = ["size=40", "steps=2", "log_every=2", "optimizer=adam", "wandb=disabled", f"output={tmp_path}/c.png",
+            f"runtime.compilation_cache={cache}", "runtime.cache_min_compile_seconds=0"]
+    r = run_cli(args, tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = sorted(p.name for p in cache.iterdir())
+    assert any(n.startswith("jit_step") for n in first), first
+    r = run_cli(args, tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in cache.iterdir()) == first  # every program came from the cache
+
+
 def _bad_inputs(tmp_path, assets):
     data = (assets / "data/content/chicago.jpg").read_bytes()
     (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 4])
@@ -52,6 +65,7 @@ def _bad_inputs(tmp_path, assets):
         "bad layer": (["loss.content_layers=[relu9_1]"], "relu9_1"),
         "bad layer weights": (["loss.style_layer_weights=[1,2]"], "style_layer_weights"),
         "bad color": (["color=sepia"], "color"),
+        "unwritable cache": (["runtime.compilation_cache=/proc/nstjax_cache"], "compilation_cache"),
     }
 
 
