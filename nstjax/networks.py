@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nstjax.errors import NstjaxError
+from nstjax.padded_conv import padded_conv
 
 Array = jax.Array
 
@@ -84,7 +85,16 @@ class ConvLayer(nnx.Module):
         )
 
     def __call__(self, x: Array) -> Array:
-        return self.conv(reflect_pad(x, self.pad))
+        # nnx.Conv holds the parameters; the convolution itself is padded_conv, which picks
+        # the formulation that is fast on the backend (see nstjax/padded_conv.py).
+        c = self.conv
+        xp, kernel = reflect_pad(x, self.pad), c.kernel.value
+        bias = c.bias.value if c.bias is not None else None
+        if c.dtype is not None:
+            xp, kernel = xp.astype(c.dtype), kernel.astype(c.dtype)
+            bias = None if bias is None else bias.astype(c.dtype)
+        y = padded_conv(xp, kernel, c.strides[0])
+        return y if bias is None else y + bias
 
 
 class UpsampleConvLayer(nnx.Module):
