@@ -3,7 +3,7 @@
 The CPU formulation computes a zero-padded convolution and crops it, and its own kernel
 gradient (one product per tap); these tests pin it to the textbook VALID convolution for the
 shapes the networks use: 3x3 and 9x9 kernels, strides 1 and 2, odd sizes, few and many output
-channels (the two kernel-gradient paths), float32 and bfloat16.
+channels (the three kernel-gradient paths), float32 and bfloat16.
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ CASES = [  # (cin, cout, kernel, stride, height, width)
     (8, 16, 3, 2, 18, 14),
     (16, 32, 3, 2, 13, 11),
     (32, 32, 3, 1, 12, 9),
+    (32, 16, 3, 1, 15, 8),
+    (16, 16, 5, 1, 11, 13),
     (4, 5, 3, 1, 7, 10),
 ]
 
