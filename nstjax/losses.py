@@ -15,11 +15,37 @@ import jax.numpy as jnp
 Features = Mapping[str, jax.Array]
 
 
+@jax.custom_vjp
 def gram(f: jax.Array) -> jax.Array:
-    """(B, H, W, C) -> (B, C, C) Gram matrices normalized by C*H*W (computed in float32)."""
+    """(B, H, W, C) -> (B, C, C) Gram matrices normalized by C*H*W (computed in float32).
+
+    The gradient is written out (dF = F (dG + dG^T) / CHW, one (HW x C) @ (C x C) product)
+    because XLA:CPU laid autodiff's version out as a transposed (C x HW) product at 11 GFLOP/s:
+    the hand-written one makes Gram forward+backward 1.5-2.5x faster (relu1_1 at 256 px:
+    31 -> 13 ms).
+    """
+    return _gram(f)
+
+
+def _gram(f: jax.Array) -> jax.Array:
     b, h, w, c = f.shape
     x = f.reshape(b, h * w, c).astype(jnp.float32)
     return jnp.einsum("bnc,bnd->bcd", x, x, precision=jax.lax.Precision.HIGHEST) / (c * h * w)
+
+
+def _gram_fwd(f: jax.Array):
+    return _gram(f), f
+
+
+def _gram_bwd(f: jax.Array, g: jax.Array):
+    b, h, w, c = f.shape
+    sym = (g + jnp.swapaxes(g, 1, 2)) / (c * h * w)
+    x = f.reshape(b, h * w, c).astype(jnp.float32)
+    df = jnp.einsum("bnd,bdc->bnc", x, sym, precision=jax.lax.Precision.HIGHEST)
+    return (df.reshape(f.shape).astype(f.dtype),)
+
+
+gram.defvjp(_gram_fwd, _gram_bwd)
 
 
 def mse(a: jax.Array, b: jax.Array) -> jax.Array:

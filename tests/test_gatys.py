@@ -2,6 +2,7 @@
 import logging
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -123,3 +124,16 @@ def test_bad_settings(vgg, content, style):
         run_gatys(vgg, content, [style], GatysSettings(optimizer="sgd"))
     with pytest.raises(NstjaxError, match="style_layers"):
         run_gatys(vgg, content, [style], GatysSettings(style_layers={"relu9_9": 1.0}))
+
+
+def test_gram_hand_written_gradient_matches_autodiff():
+    from nstjax.losses import _gram
+
+    f = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 7, 5, 6)))
+    target = jax.random.normal(jax.random.key(1), (2, 6, 6))
+    want = jax.grad(lambda z: jnp.sum((_gram(z) - target) ** 2))(f)
+    got = jax.grad(lambda z: jnp.sum((gram(z) - target) ** 2))(f)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    got16 = jax.grad(lambda z: jnp.sum((gram(z) - target) ** 2))(f.astype(jnp.bfloat16))
+    assert got16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got16, np.float32), want, rtol=0.05, atol=0.05 * float(jnp.max(jnp.abs(want))))
