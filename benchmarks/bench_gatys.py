@@ -39,7 +39,7 @@ def jax_child(args: argparse.Namespace) -> None:
     from nstjax.vgg import load_vgg19
 
     content, style = np.load(args.content), np.load(args.style)
-    vgg = load_vgg19()
+    vgg = load_vgg19(conv_impl=args.conv_impl)
     s = GatysSettings(optimizer=args.optimizer, lr=args.lr, steps=args.warmup, log_every=args.steps, **WEIGHTS)
     t0 = time.perf_counter()
     warm = run_gatys(vgg, content, [style], s)  # compiles; warms caches and thread pools
@@ -47,7 +47,7 @@ def jax_child(args: argparse.Namespace) -> None:
     r = run_gatys(vgg, content, [style], GatysSettings(optimizer=args.optimizer, lr=args.lr, steps=args.steps,
                                                        log_every=args.steps, **WEIGHTS))
     mem = jax.devices()[0].memory_stats() or {}
-    out = {"framework": "nstjax", "jax": jax.__version__, "device": jax.devices()[0].device_kind,
+    out = {"framework": "nstjax", "jax": jax.__version__, "conv_impl": args.conv_impl, "device": jax.devices()[0].device_kind,
            "peak_device_mb": mem["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in mem else None,
            "seconds": r.run_seconds, "steps": args.steps,
            "ms_per_step": 1000 * r.run_seconds / args.steps, "compile_s": warm.compile_seconds,
@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "flipped", "winograd"],
+                    help="nstjax VGG convolutions (vgg.conv_impl)")
     ap.add_argument("--torch-variants", default="contiguous,channels_last")
     ap.add_argument("--torch-python", default=str(TORCH_PY), help="python with torch (default: .venv-bench)")
     ap.add_argument("--torch-device", default="cpu", choices=["cpu", "cuda"])
@@ -93,7 +95,7 @@ def main() -> None:
             jo = Path(tmp, f"jax{size}.json")
             run([sys.executable, __file__, "--child", "jax", "--content", str(c), "--style", str(s), "--out", str(jo),
                  "--steps", str(args.steps), "--warmup", str(args.warmup), "--optimizer", args.optimizer,
-                 "--lr", str(args.lr)])
+                 "--lr", str(args.lr), "--conv-impl", args.conv_impl])
             row["nstjax"] = json.loads(jo.read_text())
             if not args.skip_torch:
                 to = Path(tmp, f"torch{size}.json")

@@ -147,7 +147,7 @@ def jax_worker(spec: dict[str, Any]) -> dict[str, Any]:
     loss = PerceptualLoss(content_layers={k: 1.0 for k in CONTENT_LAYERS},
                           style_layers={k: 1.0 for k in STYLE_LAYERS},
                           content_weight=CONTENT_WEIGHT, style_weight=STYLE_WEIGHT, tv_weight=TV_WEIGHT)
-    vgg = load_vgg19(spec["weights"], dtype=dtype)
+    vgg = load_vgg19(spec["weights"], dtype=dtype, conv_impl=spec.get("conv_impl", "auto"))
     model = build_network({"name": "johnson", "width": 1.0, "num_residual": 5, "dtype": spec["dtype"]},
                           rngs=nnx.Rngs(spec["seed"]))
     n_params = count_params(model)
@@ -227,7 +227,7 @@ def jax_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_jax(args, dtype: str, inputs: dict[str, str], tmp: Path) -> dict[str, Any]:
     spec = {"dtype": dtype, "size": args.size, "batch": args.batch, "steps": args.steps,
-            "warmup": args.warmup, "seed": args.seed, **inputs, "out": str(tmp / f"jax_{dtype}.json")}
+            "warmup": args.warmup, "seed": args.seed, "conv_impl": args.conv_impl, **inputs, "out": str(tmp / f"jax_{dtype}.json")}
     spec_path = tmp / f"jax_{dtype}_spec.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ)
@@ -365,6 +365,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", help="comma list of nstjax compute dtypes: float32,bfloat16")
     p.add_argument("--seed", type=int, default=0, help="network init seed (both sides)")
     p.add_argument("--skip-torch", action="store_true", help="run only the nstjax side")
+    p.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "flipped", "winograd"),
+                   help="nstjax VGG convolutions (vgg.conv_impl)")
     p.add_argument("--torch-compile", action="store_true",
                    help="also try torch.compile on the torch side (cold compile: minutes)")
     p.add_argument("--out", type=Path, default=None, help="result JSON (default: benchmarks/results/...)")

@@ -20,7 +20,7 @@ from flax import nnx
 
 from nstjax import losses as L
 from nstjax.errors import NstjaxError
-from nstjax.vgg import VGG19, check_layers, layer_order
+from nstjax.vgg import VGG19, check_layers, frozen_kernels, layer_order
 
 DEFAULT_STYLE_LAYERS = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
 
@@ -74,10 +74,10 @@ class GatysResult:
 Callback = Callable[[int, np.ndarray, dict[str, float]], None]
 
 
-@partial(jax.jit, static_argnums=(0, 3))
-def encode(graphdef, vgg_state, img: jax.Array, layers: tuple[str, ...]) -> dict[str, jax.Array]:
+@partial(jax.jit, static_argnums=(0, 4))
+def encode(graphdef, vgg_state, frozen, img: jax.Array, layers: tuple[str, ...]) -> dict[str, jax.Array]:
     """VGG features of `img` at `layers`; weights are an argument, not baked-in constants."""
-    return nnx.merge(graphdef, vgg_state)(img, layers)
+    return nnx.merge(graphdef, vgg_state)(img, layers, frozen)
 
 
 class GatysProblem:
@@ -88,6 +88,7 @@ class GatysProblem:
         settings.validate()
         self.s = settings
         self.graphdef, self.vgg_state = nnx.split(vgg)
+        self.frozen = frozen_kernels(vgg, settings.layers)  # once per problem, not per step
         self.shape = (1, *content.shape)
         blend = normalized_blend(blend, len(styles))
         c_feats = self._encode(jnp.asarray(content)[None], tuple(settings.content_layers))
@@ -96,15 +97,15 @@ class GatysProblem:
             feats = self._encode(jnp.asarray(style)[None], tuple(settings.style_layers))
             for k in grams:
                 grams[k] = grams[k] + w * L.gram(feats[k])
-        self.consts = (self.vgg_state, c_feats, grams)
+        self.consts = (self.vgg_state, self.frozen, c_feats, grams)
 
     def _encode(self, img: jax.Array, layers: tuple[str, ...]) -> dict[str, jax.Array]:
-        return encode(self.graphdef, self.vgg_state, img, layers)
+        return encode(self.graphdef, self.vgg_state, self.frozen, img, layers)
 
     def terms(self, x: jax.Array, consts) -> dict[str, jax.Array]:
         """Unweighted loss terms and the weighted total for image batch x (1, H, W, 3)."""
-        vgg_state, c_targets, s_targets = consts
-        feats = nnx.merge(self.graphdef, vgg_state)(x, self.s.layers)
+        vgg_state, frozen, c_targets, s_targets = consts
+        feats = nnx.merge(self.graphdef, vgg_state)(x, self.s.layers, frozen)
         zero = jnp.zeros((), jnp.float32)
         c = L.content_loss(feats, c_targets, self.s.content_layers) if self.s.content_layers else zero
         st = L.style_loss(feats, s_targets, self.s.style_layers) if self.s.style_layers else zero

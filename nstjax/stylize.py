@@ -91,7 +91,8 @@ def run_stylize(cfg: DictConfig, run_dir: str | Path = "outputs/stylize") -> dic
     if cfg.color == "histogram":
         styles = [color.match_color_histogram(s, content) for s in styles]
 
-    vgg = load_vgg19(cfg.vgg.weights, pooling=str(cfg.vgg.pooling), assets_dir=adir)
+    vgg = load_vgg19(cfg.vgg.weights, pooling=str(cfg.vgg.pooling), assets_dir=adir,
+                     conv_impl=str(cfg.vgg.get("conv_impl", "auto")))
     tracker = Tracker(cfg.wandb, job="stylize", run_dir=run_dir,
                       config=OmegaConf.to_container(cfg, resolve=True))
     total_steps = sum(lv.steps for lv in levels)

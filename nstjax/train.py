@@ -78,7 +78,8 @@ def run_train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     val = val[: max(n_dev, len(val) // n_dev * n_dev)]
 
     dtype = parse_dtype(cfg.model.dtype)
-    vgg = load_vgg19(cfg.vgg.weights, pooling=str(cfg.vgg.pooling), dtype=dtype, assets_dir=adir)
+    vgg = load_vgg19(cfg.vgg.weights, pooling=str(cfg.vgg.pooling), dtype=dtype, assets_dir=adir,
+                     conv_impl=str(cfg.vgg.get("conv_impl", "auto")))
     model = build_network(cfg.model, rngs=nnx.Rngs(int(t.seed)))
     tx, schedule = make_optimizer(float(t.lr), steps, str(t.lr_schedule), int(t.warmup),
                                   float(t.clip_norm) if t.clip_norm else None)

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nstjax import losses as L
 from nstjax.errors import NstjaxError
-from nstjax.vgg import VGG19, check_layers, layer_order
+from nstjax.vgg import VGG19, check_layers, frozen_kernels, layer_order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +79,7 @@ def style_targets(vgg: VGG19, style_images: list[np.ndarray], layers: Mapping[st
     graphdef, state = nnx.split(vgg)
     out: dict[str, jax.Array] = {}
     for w, img in zip(blend, style_images):
-        feats = encode(graphdef, state, jnp.asarray(img)[None], tuple(layers))
+        feats = encode(graphdef, state, None, jnp.asarray(img)[None], tuple(layers))
         for k in layers:
             out[k] = out.get(k, 0.0) + w * L.gram(feats[k])
     return out
@@ -103,7 +103,8 @@ class Trainer:
         self.style_layers = tuple(sorted(set(loss.style_layers) | set(loss.content_layers), key=order.index))
         self.params = jax.device_put(params, self.repl)
         self.opt_state = jax.device_put(tx.init(self.params), self.repl)
-        self.consts = jax.device_put((vgg_state, dict(grams)), self.repl)
+        frozen = frozen_kernels(vgg, self.style_layers)  # once: Winograd/input-gradient kernels
+        self.consts = jax.device_put((vgg_state, frozen, dict(grams)), self.repl)
         self._step = jax.jit(self._train_step, donate_argnums=(0, 1),
                              in_shardings=(self.repl, self.repl, self.data_sharding, self.repl),
                              out_shardings=(self.repl, self.repl, self.repl))
@@ -116,11 +117,11 @@ class Trainer:
         return nnx.merge(self.graphdef, params)(x)
 
     def _terms(self, params, x, consts) -> dict[str, jax.Array]:
-        vgg_state, grams = consts
+        vgg_state, frozen, grams = consts
         vgg = nnx.merge(self.vgg_graphdef, vgg_state)
         y = self._apply(params, x)
-        fy = vgg(y, self.style_layers)  # one pass for every loss on y
-        fx = jax.lax.stop_gradient(vgg(x, self.content_layers))  # content targets: shallow pass only
+        fy = vgg(y, self.style_layers, frozen)  # one pass for every loss on y
+        fx = jax.lax.stop_gradient(vgg(x, self.content_layers, frozen))  # content targets: shallow pass only
         c = L.content_loss(fy, fx, self.loss.content_layers) if self.loss.content_layers else jnp.zeros(())
         s = L.style_loss(fy, grams, self.loss.style_layers)
         tv = L.tv_loss(y)
@@ -168,6 +169,7 @@ class Trainer:
         if not hasattr(self, "_photo_style"):
             def f(x, consts):
                 vgg = nnx.merge(self.vgg_graphdef, consts[0])
-                return L.style_loss(vgg(x, tuple(self.loss.style_layers)), consts[1], self.loss.style_layers)
+                feats = vgg(x, tuple(self.loss.style_layers), consts[1])
+                return L.style_loss(feats, consts[2], self.loss.style_layers)
             self._photo_style = jax.jit(f)
         return float(self._photo_style(batch, self.consts))

@@ -5,8 +5,10 @@ so each image is encoded once for all losses. The network stops at the deepest r
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+import weakref
 from functools import cache
+from typing import NamedTuple
 
 import h5py
 import jax
@@ -14,13 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nstjax import assets
+from nstjax import assets, winograd
 from nstjax.errors import NstjaxError
 
 # Caffe preprocessing the weights were trained with: BGR, 0..255, mean subtracted.
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
 BLOCKS = (2, 2, 4, 4, 4)
 CHANNELS = (64, 128, 256, 512, 512)
+CONV_IMPLS = ("auto", "xla", "flipped", "winograd")
+_DN = ("NHWC", "HWIO", "NHWC")
+WINOGRAD_MIN_CHANNELS = 128  # 'winograd' keeps direct convolutions for the 64-channel layers (faster there)
 
 
 @cache
@@ -62,9 +67,12 @@ def pool2x2(x: jax.Array, kind: str = "max") -> jax.Array:
 class VGG19(nnx.Module):
     """VGG-19 convolutional trunk (NHWC). `pooling` is 'max' (the original) or 'avg' (Gatys)."""
 
-    def __init__(self, *, pooling: str = "max", dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+    def __init__(self, *, pooling: str = "max", dtype=jnp.float32, conv_impl: str = "auto",
+                 rngs: nnx.Rngs | None = None):
         if pooling not in ("max", "avg"):
             raise NstjaxError(f"pooling: expected 'max' or 'avg', got {pooling!r}")
+        if conv_impl not in CONV_IMPLS:
+            raise NstjaxError(f"vgg.conv_impl: expected one of {', '.join(CONV_IMPLS)}, got {conv_impl!r}")
         rngs = rngs or nnx.Rngs(0)
         convs = {}
         cin = 3
@@ -75,12 +83,18 @@ class VGG19(nnx.Module):
         self.convs = nnx.Dict(convs)
         self.pooling = pooling
         self.dtype = dtype
+        self.conv_impl = conv_impl
 
     def _pool(self, x: jax.Array) -> jax.Array:
         return pool2x2(x, self.pooling)
 
-    def __call__(self, rgb01: jax.Array, layers: Sequence[str]) -> dict[str, jax.Array]:
-        """Features of a [0, 1] RGB batch at `layers` (float32), computed up to the deepest one."""
+    def __call__(self, rgb01: jax.Array, layers: Sequence[str],
+                 frozen: Mapping[str, FrozenConv] | None = None) -> dict[str, jax.Array]:
+        """Features of a [0, 1] RGB batch at `layers` (float32), computed up to the deepest one.
+
+        `frozen` (from `frozen_kernels`) switches the listed convolutions to their precomputed
+        frozen-weight form: faster, and gradients flow to the input only, as a loss network needs.
+        """
         wanted = set(layers)
         order = layer_order()
         last = max(order.index(n) for n in wanted)
@@ -88,7 +102,10 @@ class VGG19(nnx.Module):
         out: dict[str, jax.Array] = {}
         for name in order[: last + 1]:
             if name.startswith("conv"):
-                x = self.convs[name](x)
+                if frozen is not None and name in frozen:
+                    x = frozen_conv(x, *frozen[name]) + self.convs[name].bias[...].astype(x.dtype)
+                else:
+                    x = self.convs[name](x)
             elif name.startswith("relu"):
                 x = jax.nn.relu(x)
             else:
@@ -96,6 +113,83 @@ class VGG19(nnx.Module):
             if name in wanted:
                 out[name] = x.astype(jnp.float32)
         return out
+
+
+class FrozenConv(NamedTuple):
+    """Precomputed kernels of one frozen 3x3 convolution.
+
+    `fwd` is the kernel as used forward; `bwd` the kernel of the input gradient (the forward
+    kernel flipped in space with Cin and Cout swapped), so no step re-derives it. Each is
+    either HWIO (3, 3, Ci, Co) for a direct convolution or (36, Ci, Co) for Winograd F(4x4, 3x3).
+    """
+
+    fwd: jax.Array
+    bwd: jax.Array
+
+
+def _conv3x3(x: jax.Array, k: jax.Array) -> jax.Array:
+    if k.shape[0] == 36:  # Winograd-domain kernel (static shape, so this is a trace-time choice)
+        return winograd.conv3x3(x, k)
+    return jax.lax.conv_general_dilated(x, k.astype(x.dtype), (1, 1), "SAME", dimension_numbers=_DN)
+
+
+@jax.custom_vjp
+def frozen_conv(x: jax.Array, fwd: jax.Array, bwd: jax.Array) -> jax.Array:
+    """3x3 'SAME' convolution whose kernel is a constant: the gradient goes to `x` only."""
+    return _conv3x3(x, fwd)
+
+
+def _frozen_conv_fwd(x, fwd, bwd):
+    return _conv3x3(x, fwd), bwd
+
+
+def _frozen_conv_bwd(bwd, g):
+    return _conv3x3(g, bwd), None, None
+
+
+frozen_conv.defvjp(_frozen_conv_fwd, _frozen_conv_bwd)
+
+
+def resolve_conv_impl(impl: str, dtype=jnp.float32) -> str:
+    """'auto' -> 'winograd' for float32 on CPU (XLA:CPU's direct convolutions already run near
+    the CPU's peak, so only fewer FLOPs help), 'xla' elsewhere (cuDNN picks its own algorithms)."""
+    if impl != "auto":
+        return impl
+    return "winograd" if jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32 else "xla"
+
+
+def frozen_kernels(vgg: VGG19, layers: Iterable[str]) -> dict[str, FrozenConv] | None:
+    """Precompute the frozen-conv kernels of every convolution up to the deepest of `layers`.
+
+    Computed once per loss network and passed to `VGG19.__call__(..., frozen=...)` with the other
+    constants of a step. `vgg.conv_impl` picks the form: 'xla' -> None (plain convolutions,
+    autodiff), 'flipped' -> direct convolutions with a precomputed input-gradient kernel,
+    'winograd' -> Winograd F(4x4, 3x3) for the layers with 128 or more channels (it loses to
+    the direct convolution on the full-resolution 64-channel layers) and 'flipped' for the rest.
+    Winograd weights take 4x the memory of the kernels (~0.4 GB for all layers up to relu5_1).
+    """
+    impl = resolve_conv_impl(vgg.conv_impl, vgg.dtype)
+    if impl == "xla":
+        return None
+    order = layer_order()
+    names = tuple(n for n in order[: max(order.index(n) for n in layers) + 1] if n.startswith("conv"))
+    kernels = {n: vgg.convs[n].kernel[...] for n in names}
+    key = (impl, names)
+    hit = _FROZEN_CACHE.get(vgg, {}).get(key)
+    if hit is not None and all(hit[0][n] is kernels[n] for n in names):  # same weights: reuse
+        return hit[1]
+    out = {}
+    for name, w in kernels.items():
+        w = np.asarray(w, np.float32)
+        w_t = np.swapaxes(w[::-1, ::-1], 2, 3)  # the input gradient's kernel
+        if impl == "winograd" and max(w.shape[2:]) >= WINOGRAD_MIN_CHANNELS:
+            w, w_t = winograd.kernel_transform(w), winograd.kernel_transform(w_t)
+        out[name] = FrozenConv(jnp.asarray(w), jnp.asarray(np.ascontiguousarray(w_t)))
+    _FROZEN_CACHE.setdefault(vgg, {})[key] = (kernels, out)
+    return out
+
+
+_FROZEN_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pyramid levels share one
 
 
 def read_h5_weights(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -114,12 +208,12 @@ def read_h5_weights(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def load_vgg19(weights: str | None = None, *, pooling: str = "max", dtype=jnp.float32,
-               assets_dir: str | None = None) -> VGG19:
+               assets_dir: str | None = None, conv_impl: str = "auto") -> VGG19:
     """VGG-19 with the ImageNet weights, found via nstjax.assets (path, assets dir, cache, download)."""
     path = assets.resolve(weights or assets.VGG19_NAME, assets=assets_dir, what="VGG-19 weights")
     params = read_h5_weights(path)
     # Build abstractly (no 20M-parameter random init), then fill in the real weights.
-    model = nnx.eval_shape(lambda: VGG19(pooling=pooling, dtype=dtype))
+    model = nnx.eval_shape(lambda: VGG19(pooling=pooling, dtype=dtype, conv_impl=conv_impl))
     for name, (w, bias) in params.items():
         conv = model.convs[name]
         if conv.kernel.shape != w.shape:

@@ -65,6 +65,7 @@ def _bad_inputs(tmp_path, assets):
         "bad layer": (["loss.content_layers=[relu9_1]"], "relu9_1"),
         "bad layer weights": (["loss.style_layer_weights=[1,2]"], "style_layer_weights"),
         "bad color": (["color=sepia"], "color"),
+        "bad conv impl": (["vgg.conv_impl=fft"], "vgg.conv_impl"),
         "unwritable cache": (["runtime.compilation_cache=/proc/nstjax_cache"], "compilation_cache"),
     }
 
