@@ -35,6 +35,7 @@ AT = np.array([[1, 1, 1, 1, 1, 0],
                [0, 1, 1, 4, 4, 0],
                [0, 1, -1, 8, -8, 1]], np.float64)
 TILE = 4  # output tile side; input tiles are TILE + 2
+SMALL_TILE_COUNT = 128
 
 
 def kernel_transform(w: np.ndarray) -> np.ndarray:
@@ -77,7 +78,13 @@ def conv3x3(x: jax.Array, u: jax.Array) -> jax.Array:
     # 1.5-2.5x slower to run and 3x slower to compile).
     r = jnp.stack(_combine(BT, [xp[:, i:i + TILE * nh:TILE] for i in range(6)]))      # (6, b, nh, W+2, c)
     v = jnp.stack(_combine(BT, [r[:, :, :, j:j + TILE * nw:TILE] for j in range(6)]), axis=1)
-    m = jnp.einsum("kpc,kco->kpo", v.reshape(36, b * nh * nw, c), u.astype(x.dtype))
+    v, u = v.reshape(36, b * nh * nw, c), u.astype(x.dtype)
+    if b * nh * nw < SMALL_TILE_COUNT:
+        # Few tiles (deep layers of small images): XLA:CPU's batched product ran ~1.7x faster
+        # with the output channels as rows; the transpose back is small.
+        m = jnp.swapaxes(jnp.einsum("kpc,kco->kop", v, u), 1, 2)
+    else:
+        m = jnp.einsum("kpc,kco->kpo", v, u)
     m = m.reshape(6, 6, b, nh, nw, -1)
     r = jnp.stack(_combine(AT, [m[i] for i in range(6)]), axis=3)                     # (6, b, nh, 4, nw, o)
     y = jnp.stack(_combine(AT, [r[j] for j in range(6)]), axis=4)                     # (b, nh, 4, nw, 4, o)

@@ -14,7 +14,8 @@ def direct(x, w):
     return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@pytest.mark.parametrize("shape", [(2, 13, 22, 8, 16), (1, 4, 4, 3, 5), (1, 1, 5, 4, 4), (3, 17, 9, 16, 8)])
+@pytest.mark.parametrize("shape", [(2, 13, 22, 8, 16), (1, 4, 4, 3, 5), (1, 1, 5, 4, 4), (3, 17, 9, 16, 8),
+                                   (1, 48, 44, 8, 8)])  # the last one has >= SMALL_TILE_COUNT tiles
 def test_winograd_equals_direct_convolution(shape):
     b, h, w, ci, co = shape
     rng = np.random.default_rng(sum(shape))
