@@ -77,9 +77,10 @@ def style_targets(vgg: VGG19, style_images: list[np.ndarray], layers: Mapping[st
 
     blend = normalized_blend(blend, len(style_images))
     graphdef, state = nnx.split(vgg)
+    frozen = frozen_kernels(vgg, layers)  # same convolutions as the training loss (cached there)
     out: dict[str, jax.Array] = {}
     for w, img in zip(blend, style_images):
-        feats = encode(graphdef, state, None, jnp.asarray(img)[None], tuple(layers))
+        feats = encode(graphdef, state, frozen, jnp.asarray(img)[None], tuple(layers))
         for k in layers:
             out[k] = out.get(k, 0.0) + w * L.gram(feats[k])
     return out

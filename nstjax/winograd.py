@@ -5,7 +5,7 @@ channels (36 independent GEMMs of (tiles x Cin) @ (Cin x Cout)), Y = A^T M A, wi
 pre-transformed once as U = G g G^T. That is 36 multiplies per 16 outputs instead of 144:
 4x fewer FLOPs than a direct convolution. On XLA:CPU, whose direct convolutions already run
 near the CPU's peak, this is how the VGG loss network gets faster (measured in the README:
-Gatys step 0.76 s -> 0.44 s at 256 px on 2 cores). The transforms are sums of strided slices
+Gatys step 0.78 s -> 0.42-0.52 s at 256 px on 2 cores). The transforms are sums of strided slices
 that XLA fuses; relative error against the direct convolution is ~1e-5 in float32.
 
 Only used for frozen convolutions (the VGG loss network), whose kernels never change, so the
