@@ -88,8 +88,9 @@ class GatysProblem:
         settings.validate()
         self.s = settings
         self.graphdef, self.vgg_state = nnx.split(vgg)
-        self.frozen = frozen_kernels(vgg, settings.layers)  # once per problem, not per step
         self.shape = (1, *content.shape)
+        # Once per problem, not per step; laid out for this image size.
+        self.frozen = frozen_kernels(vgg, settings.layers, input_shape=self.shape[:3])
         blend = normalized_blend(blend, len(styles))
         c_feats = self._encode(jnp.asarray(content)[None], tuple(settings.content_layers))
         grams = {k: 0.0 for k in settings.style_layers}

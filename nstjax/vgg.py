@@ -6,9 +6,9 @@ so each image is encoded once for all losses. The network stops at the deepest r
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+import dataclasses
 import weakref
-from functools import cache
-from typing import NamedTuple
+from functools import cache, partial
 
 import h5py
 import jax
@@ -103,7 +103,8 @@ class VGG19(nnx.Module):
         for name in order[: last + 1]:
             if name.startswith("conv"):
                 if frozen is not None and name in frozen:
-                    x = frozen_conv(x, *frozen[name]) + self.convs[name].bias[...].astype(x.dtype)
+                    fz = frozen[name]
+                    x = frozen_conv(x, fz.fwd, fz.bwd, fz.kind) + self.convs[name].bias[...].astype(x.dtype)
                 else:
                     x = self.convs[name](x)
             elif name.startswith("relu"):
@@ -115,36 +116,43 @@ class VGG19(nnx.Module):
         return out
 
 
-class FrozenConv(NamedTuple):
+@partial(jax.tree_util.register_dataclass, data_fields=["fwd", "bwd"], meta_fields=["kind"])
+@dataclasses.dataclass(frozen=True)
+class FrozenConv:
     """Precomputed kernels of one frozen 3x3 convolution.
 
     `fwd` is the kernel as used forward; `bwd` the kernel of the input gradient (the forward
-    kernel flipped in space with Cin and Cout swapped), so no step re-derives it. Each is
-    either HWIO (3, 3, Ci, Co) for a direct convolution or (36, Ci, Co) for Winograd F(4x4, 3x3).
+    kernel flipped in space with Cin and Cout swapped), so no step re-derives it. `kind` (static)
+    says their form: 'direct' HWIO (3, 3, Ci, Co); 'winograd' (36, Ci, Co) or
+    'winograd_out_major' (36, Co, Ci) for Winograd F(4x4, 3x3) (see `winograd.conv3x3`).
     """
 
     fwd: jax.Array
     bwd: jax.Array
+    kind: str = "direct"
 
 
-def _conv3x3(x: jax.Array, k: jax.Array) -> jax.Array:
-    if k.shape[0] == 36:  # Winograd-domain kernel (static shape, so this is a trace-time choice)
-        return winograd.conv3x3(x, k)
-    return jax.lax.conv_general_dilated(x, k.astype(x.dtype), (1, 1), "SAME", dimension_numbers=_DN)
+FROZEN_KINDS = ("direct", "winograd", "winograd_out_major")
 
 
-@jax.custom_vjp
-def frozen_conv(x: jax.Array, fwd: jax.Array, bwd: jax.Array) -> jax.Array:
+def _conv3x3(x: jax.Array, k: jax.Array, kind: str) -> jax.Array:
+    if kind == "direct":
+        return jax.lax.conv_general_dilated(x, k.astype(x.dtype), (1, 1), "SAME", dimension_numbers=_DN)
+    return winograd.conv3x3(x, k, out_major=kind == "winograd_out_major")
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def frozen_conv(x: jax.Array, fwd: jax.Array, bwd: jax.Array, kind: str = "direct") -> jax.Array:
     """3x3 'SAME' convolution whose kernel is a constant: the gradient goes to `x` only."""
-    return _conv3x3(x, fwd)
+    return _conv3x3(x, fwd, kind)
 
 
-def _frozen_conv_fwd(x, fwd, bwd):
-    return _conv3x3(x, fwd), bwd
+def _frozen_conv_fwd(x, fwd, bwd, kind):
+    return _conv3x3(x, fwd, kind), bwd
 
 
-def _frozen_conv_bwd(bwd, g):
-    return _conv3x3(g, bwd), None, None
+def _frozen_conv_bwd(kind, bwd, g):
+    return _conv3x3(g, bwd, kind), None, None
 
 
 frozen_conv.defvjp(_frozen_conv_fwd, _frozen_conv_bwd)
@@ -158,7 +166,20 @@ def resolve_conv_impl(impl: str, dtype=jnp.float32) -> str:
     return "winograd" if jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32 else "xla"
 
 
-def frozen_kernels(vgg: VGG19, layers: Iterable[str]) -> dict[str, FrozenConv] | None:
+def conv_input_sizes(height: int, width: int, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """Spatial size at each named convolution for an (height, width) input (pools floor-halve)."""
+    h, w, out = height, width, {}
+    wanted = set(names)
+    for name in layer_order():
+        if name.startswith("pool"):
+            h, w = h // 2, w // 2
+        elif name in wanted:
+            out[name] = (h, w)
+    return out
+
+
+def frozen_kernels(vgg: VGG19, layers: Iterable[str],
+                   input_shape: tuple[int, int, int] | None = None) -> dict[str, FrozenConv] | None:
     """Precompute the frozen-conv kernels of every convolution up to the deepest of `layers`.
 
     Computed once per loss network and passed to `VGG19.__call__(..., frozen=...)` with the other
@@ -166,26 +187,35 @@ def frozen_kernels(vgg: VGG19, layers: Iterable[str]) -> dict[str, FrozenConv] |
     autodiff), 'flipped' -> direct convolutions with a precomputed input-gradient kernel,
     'winograd' -> Winograd F(4x4, 3x3) for the layers with 128 or more channels (it loses to
     the direct convolution on the full-resolution 64-channel layers) and 'flipped' for the rest.
-    Winograd weights take 4x the memory of the kernels (~0.4 GB for all layers up to relu5_1).
+    `input_shape` (batch, height, width) of the images the step will see, when known, lets
+    layers with few tiles use the output-major Winograd layout (faster there; any shape still
+    computes the same convolution). Winograd weights take 4x the memory of the kernels (~0.4 GB
+    for all layers up to relu5_1); transformed kernels are cached per network and layout.
     """
     impl = resolve_conv_impl(vgg.conv_impl, vgg.dtype)
     if impl == "xla":
         return None
     order = layer_order()
     names = tuple(n for n in order[: max(order.index(n) for n in layers) + 1] if n.startswith("conv"))
-    kernels = {n: vgg.convs[n].kernel[...] for n in names}
-    key = (impl, names)
-    hit = _FROZEN_CACHE.get(vgg, {}).get(key)
-    if hit is not None and all(hit[0][n] is kernels[n] for n in names):  # same weights: reuse
-        return hit[1]
+    sizes = conv_input_sizes(*input_shape[1:], names) if input_shape is not None else {}
+    cache = _FROZEN_CACHE.setdefault(vgg, {})
     out = {}
-    for name, w in kernels.items():
-        w = np.asarray(w, np.float32)
-        w_t = np.swapaxes(w[::-1, ::-1], 2, 3)  # the input gradient's kernel
+    for name in names:
+        w = vgg.convs[name].kernel[...]
+        kind = "direct"
         if impl == "winograd" and max(w.shape[2:]) >= WINOGRAD_MIN_CHANNELS:
-            w, w_t = winograd.kernel_transform(w), winograd.kernel_transform(w_t)
-        out[name] = FrozenConv(jnp.asarray(w), jnp.asarray(np.ascontiguousarray(w_t)))
-    _FROZEN_CACHE.setdefault(vgg, {})[key] = (kernels, out)
+            few = name in sizes and winograd.tile_count(input_shape[0], *sizes[name]) < winograd.OUT_MAJOR_MAX_TILES
+            kind = "winograd_out_major" if few else "winograd"
+        hit = cache.get(name)
+        if hit is not None and hit[0] is w and hit[1].kind == kind:  # same weights and layout: reuse
+            out[name] = hit[1]
+            continue
+        k = np.asarray(w, np.float32)
+        k_t = np.swapaxes(k[::-1, ::-1], 2, 3)  # the input gradient's kernel
+        if kind != "direct":
+            k, k_t = (winograd.kernel_transform(a, out_major=kind == "winograd_out_major") for a in (k, k_t))
+        out[name] = FrozenConv(jnp.asarray(k), jnp.asarray(np.ascontiguousarray(k_t)), kind)
+        cache[name] = (w, out[name])  # one layout per layer is kept: memory stays bounded
     return out
 
 

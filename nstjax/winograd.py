@@ -35,11 +35,19 @@ AT = np.array([[1, 1, 1, 1, 1, 0],
                [0, 1, 1, 4, 4, 0],
                [0, 1, -1, 8, -8, 1]], np.float64)
 TILE = 4  # output tile side; input tiles are TILE + 2
-SMALL_TILE_COUNT = 128
+# Below this many tiles per product (deep layers of small images, e.g. conv4/conv5 of a 256 px
+# Gatys image: 48 and 12 tiles), the kernel is stored output-major and goes first in the product.
+OUT_MAJOR_MAX_TILES = 128
 
 
-def kernel_transform(w: np.ndarray) -> np.ndarray:
-    """(3, 3, Cin, Cout) HWIO kernel -> (36, Cin, Cout) Winograd-domain kernel U = G g G^T.
+def tile_count(batch: int, height: int, width: int) -> int:
+    """Number of 4x4 output tiles, i.e. the rows of each of the 36 products."""
+    return batch * -(-height // TILE) * -(-width // TILE)
+
+
+def kernel_transform(w: np.ndarray, out_major: bool = False) -> np.ndarray:
+    """(3, 3, Cin, Cout) HWIO kernel -> Winograd-domain kernel U = G g G^T, (36, Cin, Cout), or
+    (36, Cout, Cin) with `out_major` (see `conv3x3`).
 
     On the host in NumPy (float32, two small-K matrix products: ~20 ms for a 512x512 kernel):
     it is done once per loss network, and XLA:CPU compiled the same transform for 14 s.
@@ -48,7 +56,8 @@ def kernel_transform(w: np.ndarray) -> np.ndarray:
     ci, co = w.shape[2:]
     g = G.astype(np.float32)
     t = (g @ w.reshape(3, -1)).reshape(6, 3, ci * co)  # G applied to the kernel rows
-    return np.matmul(g[None], t).reshape(36, ci, co)   # ... and to its columns
+    u = np.matmul(g[None], t).reshape(36, ci, co)     # ... and to its columns
+    return np.ascontiguousarray(np.swapaxes(u, 1, 2)) if out_major else u
 
 
 def _combine(mat: np.ndarray, xs: list[jax.Array]) -> list[jax.Array]:
@@ -65,11 +74,15 @@ def _combine(mat: np.ndarray, xs: list[jax.Array]) -> list[jax.Array]:
     return out
 
 
-def conv3x3(x: jax.Array, u: jax.Array) -> jax.Array:
-    """Stride-1 'SAME' 3x3 convolution of NHWC `x` with a transformed kernel `u` (36, Cin, Cout).
+def conv3x3(x: jax.Array, u: jax.Array, out_major: bool = False) -> jax.Array:
+    """Stride-1 'SAME' 3x3 convolution of NHWC `x` with a transformed kernel `u`.
 
     Equal (to float rounding) to lax.conv_general_dilated(x, g, (1, 1), 'SAME') where
-    u = kernel_transform(g). Any H and W: the image is zero-padded to whole tiles and cropped.
+    u = kernel_transform(g, out_major). Any H and W: the image is zero-padded to whole tiles
+    and cropped. `out_major` computes the 36 products as U^T V^T, kernel first: with few tiles
+    the (Cout x Cin) kernels are the large operand, and XLA:CPU's product then repacks only the
+    small tile matrices instead of 36 kernels per call (measured: Gatys step at 256 px -9%, with
+    conv4_x/conv5_1 at 48 and 12 tiles; slower than the default from ~176 tiles up).
     """
     b, h, w, c = x.shape
     nh, nw = -(-h // TILE), -(-w // TILE)
@@ -79,13 +92,15 @@ def conv3x3(x: jax.Array, u: jax.Array) -> jax.Array:
     r = jnp.stack(_combine(BT, [xp[:, i:i + TILE * nh:TILE] for i in range(6)]))      # (6, b, nh, W+2, c)
     v = jnp.stack(_combine(BT, [r[:, :, :, j:j + TILE * nw:TILE] for j in range(6)]), axis=1)
     v, u = v.reshape(36, b * nh * nw, c), u.astype(x.dtype)
-    if b * nh * nw < SMALL_TILE_COUNT:
-        # Few tiles (deep layers of small images): XLA:CPU's batched product ran ~1.7x faster
-        # with the output channels as rows; the transpose back is small.
-        m = jnp.swapaxes(jnp.einsum("kpc,kco->kop", v, u), 1, 2)
+    if out_major:
+        # The output transform reads the (36, Cout, tiles) product as it is: a transpose after
+        # the product would let XLA swap the operands back.
+        m = jnp.einsum("koc,kpc->kop", u, v).reshape(6, 6, -1, b, nh, nw)
+        r = jnp.stack(_combine(AT, [m[i] for i in range(6)]), axis=4)                 # (6, o, b, nh, 4, nw)
+        y = jnp.stack(_combine(AT, [r[j] for j in range(6)]), axis=5)                 # (o, b, nh, 4, nw, 4)
+        y = jnp.moveaxis(y, 0, -1)
     else:
-        m = jnp.einsum("kpc,kco->kpo", v, u)
-    m = m.reshape(6, 6, b, nh, nw, -1)
-    r = jnp.stack(_combine(AT, [m[i] for i in range(6)]), axis=3)                     # (6, b, nh, 4, nw, o)
-    y = jnp.stack(_combine(AT, [r[j] for j in range(6)]), axis=4)                     # (b, nh, 4, nw, 4, o)
+        m = jnp.einsum("kpc,kco->kpo", v, u).reshape(6, 6, b, nh, nw, -1)
+        r = jnp.stack(_combine(AT, [m[i] for i in range(6)]), axis=3)                 # (6, b, nh, 4, nw, o)
+        y = jnp.stack(_combine(AT, [r[j] for j in range(6)]), axis=4)                 # (b, nh, 4, nw, 4, o)
     return y.reshape(b, TILE * nh, TILE * nw, -1)[:, :h, :w]
