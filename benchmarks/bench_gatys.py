@@ -3,9 +3,11 @@
 Both sides get byte-identical inputs (.npy written here), the same VGG-19 weights, layers,
 loss weights, optimizer, step count and image sizes. Each measurement runs in its own child
 process so peak RSS (ru_maxrss) belongs to that run alone. Time per step excludes compilation
-(reported separately) and warmup.
+(reported separately) and warmup. Per round each side keeps the faster of two processes
+(PyTorch: contiguous and channels_last; nstjax: two identical runs, `--jax-runs`), and
+`--rounds` alternates the sides and reports medians: on a shared VM single runs drift by 10-20%.
 
-    python benchmarks/bench_gatys.py --sizes 256 512 --steps 20
+    python benchmarks/bench_gatys.py --sizes 256 512 --steps 20 --rounds 3   # CPU: medians of 3 alternating rounds
     python benchmarks/bench_gatys.py --sizes 1024 --steps 5 --skip-torch   # memory at 1024 px
     # GPU box (torch with CUDA in python3): both sides on the GPU
     python benchmarks/bench_gatys.py --sizes 512 1024 --steps 100 --torch-python python3 --torch-device cuda
@@ -65,9 +67,14 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate nstjax and torch runs this many times; report each side's median")
     ap.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--jax-runs", type=int, default=None,
+                    help="nstjax processes per round, the fastest kept (default: as many as --torch-variants, "
+                         "since torch_ref.py keeps the fastest of one process per variant)")
     ap.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "flipped", "winograd"],
                     help="nstjax VGG convolutions (vgg.conv_impl)")
     ap.add_argument("--torch-variants", default="contiguous,channels_last")
@@ -79,6 +86,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return jax_child(args)
+    if args.jax_runs is None:
+        args.jax_runs = 1 if args.skip_torch else len(args.torch_variants.split(","))
 
     import numpy as np
 
@@ -91,29 +100,42 @@ def main() -> None:
             c, s = Path(tmp, f"c{size}.npy"), Path(tmp, f"s{size}.npy")
             np.save(c, load_resized(assets / "data/content/chicago.jpg", size))
             np.save(s, load_resized(assets / "data/styles/mosaic.jpg", size))
-            row = {"size": size}
-            jo = Path(tmp, f"jax{size}.json")
-            run([sys.executable, __file__, "--child", "jax", "--content", str(c), "--style", str(s), "--out", str(jo),
-                 "--steps", str(args.steps), "--warmup", str(args.warmup), "--optimizer", args.optimizer,
-                 "--lr", str(args.lr), "--conv-impl", args.conv_impl])
-            row["nstjax"] = json.loads(jo.read_text())
-            if not args.skip_torch:
-                to = Path(tmp, f"torch{size}.json")
-                run([args.torch_python, "benchmarks/torch_ref.py", "gatys", "--device", args.torch_device, "--content", str(c), "--style", str(s),
-                     "--steps", str(args.steps), "--warmup", str(args.warmup), "--optimizer", args.optimizer,
-                     "--lr", str(args.lr), "--content-weight", str(WEIGHTS["content_weight"]),
-                     "--style-weight", str(WEIGHTS["style_weight"]), "--tv-weight", str(WEIGHTS["tv_weight"]),
-                     "--memory-format", args.torch_variants, "--out", str(to)])
-                row["torch"] = json.loads(to.read_text())
+            row = {"size": size, "rounds": []}
+            # Rounds alternate the two sides, so drift on a shared machine hits both alike.
+            for rnd in range(args.rounds):
+                one = {}
+                jax_runs = []
+                for rep in range(args.jax_runs):
+                    jo = Path(tmp, f"jax{size}_{rnd}_{rep}.json")
+                    run([sys.executable, __file__, "--child", "jax", "--content", str(c), "--style", str(s),
+                         "--out", str(jo), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                         "--optimizer", args.optimizer, "--lr", str(args.lr), "--conv-impl", args.conv_impl])
+                    jax_runs.append(json.loads(jo.read_text()))
+                one["nstjax"] = {**min(jax_runs, key=lambda r: r["ms_per_step"]), "runs": jax_runs}
+                if not args.skip_torch:
+                    to = Path(tmp, f"torch{size}_{rnd}.json")
+                    run([args.torch_python, "benchmarks/torch_ref.py", "gatys", "--device", args.torch_device,
+                         "--content", str(c), "--style", str(s),
+                         "--steps", str(args.steps), "--warmup", str(args.warmup), "--optimizer", args.optimizer,
+                         "--lr", str(args.lr), "--content-weight", str(WEIGHTS["content_weight"]),
+                         "--style-weight", str(WEIGHTS["style_weight"]), "--tv-weight", str(WEIGHTS["tv_weight"]),
+                         "--memory-format", args.torch_variants, "--out", str(to)])
+                    one["torch"] = json.loads(to.read_text())
+                row["rounds"].append(one)
+                print(json.dumps({"size": size, "round": rnd, **{k: {kk: v[kk] for kk in ("ms_per_step", "peak_rss_mb")}
+                                                                   for k, v in one.items()}}), flush=True)
+            for side in ("nstjax", "torch"):
+                runs = [one[side] for one in row["rounds"] if side in one]
+                if runs:  # the round with the median time stands for the side (its losses, memory, ...)
+                    row[side] = sorted(runs, key=lambda r: r["ms_per_step"])[(len(runs) - 1) // 2]
             results.append(row)
-            print(json.dumps({k: (v if k == "size" else {kk: v[kk] for kk in ("ms_per_step", "peak_rss_mb")})
-                              for k, v in row.items()}), flush=True)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = "_".join(map(str, args.sizes))
     (out_dir / f"gatys_{args.optimizer}_{tag}.json").write_text(json.dumps(results, indent=1))
     dev = results[0]["nstjax"]["device"] if results else "?"
-    print(f"\nnstjax on {dev}, torch on {args.torch_device}; {args.steps} timed steps")
+    print(f"\nnstjax on {dev}, torch on {args.torch_device}; {args.steps} timed steps, "
+          f"median of {args.rounds} alternating round(s)")
     print("\n| size | optimizer | nstjax ms/step | torch ms/step | ratio | nstjax final loss | torch final loss "
           "| nstjax peak RSS MB | torch peak RSS MB | nstjax compile s | nstjax / torch peak device MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -121,6 +143,9 @@ def main() -> None:
         j, t = r["nstjax"], r.get("torch")
         tms = f"{t['ms_per_step']:.0f}" if t else "-"
         ratio = f"{j['ms_per_step'] / t['ms_per_step']:.2f}x" if t else "-"
+        per_round = [o["nstjax"]["ms_per_step"] / o["torch"]["ms_per_step"] for o in r["rounds"] if "torch" in o]
+        if len(per_round) > 1:
+            ratio += f" ({min(per_round):.2f}-{max(per_round):.2f})"
         tl = f"{t['loss_final']['total']:.4g}" if t else "-"
         trss = f"{t['peak_rss_mb']:.0f}" if t else "-"
         print(f"| {r['size']} | {args.optimizer} | {j['ms_per_step']:.0f} | {tms} | {ratio} | "

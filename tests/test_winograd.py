@@ -65,7 +65,7 @@ def test_frozen_vgg_matches_plain_vgg_on_a_real_photo(assets, photo):
     again = frozen_kernels(fast, layers, input_shape=photo.shape[:3])
     assert all(again[k] is frozen[k] for k in frozen)  # computed once, reused (e.g. by pyramid levels)
     # Winograd where the layer has >= 128 channels, direct convolutions on the 64-channel ones;
-    # at 64x96 px every Winograd layer has < OUT_MAJOR_MAX_TILES tiles (conv2_1: 16x24 tiles).
+    # at 64x96 px every Winograd layer has < OUT_MAJOR_MAX_TILES tiles (conv2_1: 8x12 = 96 tiles).
     assert frozen["conv1_2"].kind == "direct" and frozen["conv1_2"].fwd.shape == (3, 3, 64, 64)
     assert frozen["conv2_1"].kind == "winograd_out_major" and frozen["conv2_1"].fwd.shape == (36, 128, 64)
     assert "conv5_2" not in frozen  # nothing past the deepest requested layer
