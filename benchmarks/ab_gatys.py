@@ -33,13 +33,21 @@ def main() -> None:
     if not variants or variants[0] in ("-h", "--help"):
         raise SystemExit(__doc__)
     assets = Path(os.environ.get("NSTJAX_ASSETS", Path(__file__).resolve().parents[2] / "shared"))
-    size, rounds, chunk = (int(os.environ.get(k, d)) for k, d in (("SIZE", 256), ("ROUNDS", 16), ("CHUNK", 3)))
+    try:
+        size, rounds, chunk = (int(os.environ.get(k, d)) for k, d in (("SIZE", 256), ("ROUNDS", 16), ("CHUNK", 3)))
+    except ValueError as e:
+        raise SystemExit(f"ab_gatys: SIZE, ROUNDS and CHUNK must be integers ({e})") from None
+    if min(size, rounds, chunk) < 1:
+        raise SystemExit("ab_gatys: SIZE, ROUNDS and CHUNK must be >= 1")
     content = load_resized(assets / "data/content/chicago.jpg", size)
     style = load_resized(assets / "data/styles/mosaic.jpg", size)
     settings = GatysSettings(optimizer="adam", lr=0.02, content_weight=5.0, style_weight=100.0, tv_weight=1e-3)
     runs = []
     for code in variants:
-        exec(code, globals())
+        try:
+            exec(code, globals())
+        except Exception as e:  # a typo in a snippet: one line, not a traceback
+            raise SystemExit(f"ab_gatys: variant {code!r}: {type(e).__name__}: {e}") from None
         problem = GatysProblem(V.load_vgg19(), content, [style], None, settings)  # a fresh network per variant
         tx = problem.make_optimizer()
         x = jnp.asarray(content)[None]

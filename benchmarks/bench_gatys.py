@@ -88,6 +88,8 @@ def main() -> None:
         return jax_child(args)
     if args.jax_runs is None:
         args.jax_runs = 1 if args.skip_torch else len(args.torch_variants.split(","))
+    if args.rounds < 1 or args.jax_runs < 1 or args.steps < 1:
+        ap.error("--rounds, --jax-runs and --steps must be >= 1")
 
     import numpy as np
 
