@@ -8,7 +8,8 @@ Each argument is a Python snippet run before its variant's loss network and step
 
 Chunks of CHUNK Adam steps alternate between the variants for ROUNDS rounds, so drift on a
 shared machine hits every variant alike; the median ms/step per variant is printed, relative to
-the first. Use it to decide a change; bench_gatys.py is the comparison with PyTorch.
+the first. Use it to decide a change; bench_gatys.py is the comparison with PyTorch. Host
+malloc is set up as `nstjax.stylize` does (runtime.host_malloc_cache); MALLOC=default skips that.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from nstjax import vgg as V
 from nstjax import winograd as W  # noqa: F401
 from nstjax.gatys import GatysProblem, GatysSettings
 from nstjax.image import load_resized
+from nstjax.runtime import retain_host_memory
 
 
 def main() -> None:
@@ -39,6 +41,8 @@ def main() -> None:
         raise SystemExit(f"ab_gatys: SIZE, ROUNDS and CHUNK must be integers ({e})") from None
     if min(size, rounds, chunk) < 1:
         raise SystemExit("ab_gatys: SIZE, ROUNDS and CHUNK must be >= 1")
+    if os.environ.get("MALLOC") != "default":
+        retain_host_memory()  # before the CPU backend starts its threads
     content = load_resized(assets / "data/content/chicago.jpg", size)
     style = load_resized(assets / "data/styles/mosaic.jpg", size)
     settings = GatysSettings(optimizer="adam", lr=0.02, content_weight=5.0, style_weight=100.0, tv_weight=1e-3)

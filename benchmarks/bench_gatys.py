@@ -6,6 +6,9 @@ process so peak RSS (ru_maxrss) belongs to that run alone. Time per step exclude
 (reported separately) and warmup. Per round each side keeps the faster of two processes
 (PyTorch: contiguous and channels_last; nstjax: two identical runs, `--jax-runs`), and
 `--rounds` alternates the sides and reports medians: on a shared VM single runs drift by 10-20%.
+Both sides run with the same glibc malloc settings (`--malloc`): `retain` is what
+`nstjax.stylize` uses (conf runtime.host_malloc_cache), given to the torch process as the
+equivalent environment variables (it measured the same with and without them).
 
     python benchmarks/bench_gatys.py --sizes 256 512 --steps 20 --rounds 3   # CPU: medians of 3 alternating rounds
     python benchmarks/bench_gatys.py --sizes 1024 --steps 5 --skip-torch   # memory at 1024 px
@@ -28,12 +31,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_PY = ROOT / ".venv-bench" / "bin" / "python"
 WEIGHTS = dict(content_weight=5.0, style_weight=100.0, tv_weight=1e-3)
+# nstjax.runtime.retain_host_memory() as environment variables, for the torch process.
+RETAIN_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 
 def jax_child(args: argparse.Namespace) -> None:
-    from nstjax.runtime import set_gpu_triton_gemm
+    from nstjax.runtime import retain_host_memory, set_gpu_triton_gemm
 
     set_gpu_triton_gemm(False)  # as `nstjax.stylize` does (conf/stylize.yaml runtime); before JAX starts
+    if args.malloc == "retain":
+        retain_host_memory()
     import jax
     import numpy as np
 
@@ -46,15 +53,18 @@ def jax_child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     warm = run_gatys(vgg, content, [style], s)  # compiles; warms caches and thread pools
     warm_seconds = time.perf_counter() - t0
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     r = run_gatys(vgg, content, [style], GatysSettings(optimizer=args.optimizer, lr=args.lr, steps=args.steps,
                                                        log_every=args.steps, **WEIGHTS))
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     mem = jax.devices()[0].memory_stats() or {}
     out = {"framework": "nstjax", "jax": jax.__version__, "conv_impl": args.conv_impl, "device": jax.devices()[0].device_kind,
            "peak_device_mb": mem["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in mem else None,
            "seconds": r.run_seconds, "steps": args.steps,
            "ms_per_step": 1000 * r.run_seconds / args.steps, "compile_s": warm.compile_seconds,
            "warmup_s": warm_seconds, "loss_init": r.initial, "loss_final": r.final,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "page_faults_per_step": faults / args.steps}  # minor faults in the timed run (see --malloc)
     Path(args.out).write_text(json.dumps(out, indent=1))
 
 
@@ -77,6 +87,8 @@ def main() -> None:
                          "since torch_ref.py keeps the fastest of one process per variant)")
     ap.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "flipped", "winograd"],
                     help="nstjax VGG convolutions (vgg.conv_impl)")
+    ap.add_argument("--malloc", default="retain", choices=["retain", "default"],
+                    help="glibc malloc settings of both sides (retain: nstjax.runtime.retain_host_memory)")
     ap.add_argument("--torch-variants", default="contiguous,channels_last")
     ap.add_argument("--torch-python", default=str(TORCH_PY), help="python with torch (default: .venv-bench)")
     ap.add_argument("--torch-device", default="cpu", choices=["cpu", "cuda"])
@@ -111,7 +123,8 @@ def main() -> None:
                     jo = Path(tmp, f"jax{size}_{rnd}_{rep}.json")
                     run([sys.executable, __file__, "--child", "jax", "--content", str(c), "--style", str(s),
                          "--out", str(jo), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                         "--optimizer", args.optimizer, "--lr", str(args.lr), "--conv-impl", args.conv_impl])
+                         "--optimizer", args.optimizer, "--lr", str(args.lr), "--conv-impl", args.conv_impl,
+                         "--malloc", args.malloc])
                     jax_runs.append(json.loads(jo.read_text()))
                 one["nstjax"] = {**min(jax_runs, key=lambda r: r["ms_per_step"]), "runs": jax_runs}
                 if not args.skip_torch:
@@ -121,7 +134,8 @@ def main() -> None:
                          "--steps", str(args.steps), "--warmup", str(args.warmup), "--optimizer", args.optimizer,
                          "--lr", str(args.lr), "--content-weight", str(WEIGHTS["content_weight"]),
                          "--style-weight", str(WEIGHTS["style_weight"]), "--tv-weight", str(WEIGHTS["tv_weight"]),
-                         "--memory-format", args.torch_variants, "--out", str(to)])
+                         "--memory-format", args.torch_variants, "--out", str(to)],
+                        env={**os.environ, **RETAIN_ENV} if args.malloc == "retain" else None)
                     one["torch"] = json.loads(to.read_text())
                 row["rounds"].append(one)
                 print(json.dumps({"size": size, "round": rnd, **{k: {kk: v[kk] for kk in ("ms_per_step", "peak_rss_mb")}

@@ -1,0 +1,55 @@
+"""Process-wide runtime settings: glibc keeps freed memory for the next step (no page faults)."""
+import platform
+import subprocess
+import sys
+
+import pytest
+
+# Allocate, touch and free a 200 MB block six times from a new thread (as XLA:CPU allocates a
+# step's scratch buffer from a worker thread), printing the page faults of each round.
+PROBE = """
+import ctypes, resource, sys, threading
+from nstjax.runtime import retain_host_memory
+if sys.argv[1] == "retain":
+    assert retain_host_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+n, faults = 200 << 20, []
+def rounds():
+    for _ in range(6):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        p = libc.malloc(n)
+        ctypes.memset(p, 1, n)
+        libc.free(p)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+t = threading.Thread(target=rounds)
+t.start(); t.join()
+print(*faults)
+"""
+
+
+def _faults(mode: str) -> list[int]:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+    return [int(v) for v in out.stdout.split()]
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc mallopt")
+def test_retain_host_memory_stops_refaulting_large_blocks():
+    pages = (200 << 20) // 4096
+    default = _faults("default")
+    assert all(f > pages // 2 for f in default), default  # every round maps fresh pages
+    retained = _faults("retain")
+    assert retained[0] > pages // 2, retained             # the first round still touches new memory
+    assert all(f < pages // 100 for f in retained[1:]), retained  # then it is reused as it is
+
+
+def test_configure_applies_host_malloc_cache_only_when_asked(monkeypatch):
+    from nstjax import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "retain_host_memory", lambda: calls.append(1) or True)
+    runtime.configure({"host_malloc_cache": False})
+    assert calls == []
+    runtime.configure({"host_malloc_cache": True})
+    assert calls == [1]
