@@ -8,7 +8,8 @@ process so peak RSS (ru_maxrss) belongs to that run alone. Time per step exclude
 `--rounds` alternates the sides and reports medians: on a shared VM single runs drift by 10-20%.
 Both sides run with the same glibc malloc settings (`--malloc`): `retain` is what
 `nstjax.stylize` uses (conf runtime.host_malloc_cache), given to the torch process as the
-equivalent environment variables (it measured the same with and without them).
+equivalent environment variables (PyTorch measured the same either way at 256 px and 4-14%
+faster with them at 512 px; README).
 
     python benchmarks/bench_gatys.py --sizes 256 512 --steps 20 --rounds 3   # CPU: medians of 3 alternating rounds
     python benchmarks/bench_gatys.py --sizes 1024 --steps 5 --skip-torch   # memory at 1024 px

@@ -18,7 +18,7 @@ One matters for CPU step time:
   after the step, so every step page-faults its whole scratch space back in: 26,000 faults per
   step, about a fifth of the step time on the 2-core VM of the README. `retain_host_memory`
   makes glibc keep freed memory in its heap instead (one arena, no mmap, no trimming): zero
-  faults per step after the first, for a peak RSS about 10% higher.
+  faults per step once the heap fits, for a 10-40% higher peak RSS (README, CPU Gatys table).
 """
 from __future__ import annotations
 
