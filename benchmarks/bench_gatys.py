@@ -32,8 +32,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_PY = ROOT / ".venv-bench" / "bin" / "python"
 WEIGHTS = dict(content_weight=5.0, style_weight=100.0, tv_weight=1e-3)
-# nstjax.runtime.retain_host_memory() as environment variables, for the torch process.
-RETAIN_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 
 def jax_child(args: argparse.Namespace) -> None:
@@ -107,6 +105,7 @@ def main() -> None:
     import numpy as np
 
     from nstjax.image import load_resized
+    from nstjax.runtime import HOST_MALLOC_ENV
 
     assets = Path(os.environ.get("NSTJAX_ASSETS", ROOT.parent / "shared"))
     results = []
@@ -136,7 +135,7 @@ def main() -> None:
                          "--lr", str(args.lr), "--content-weight", str(WEIGHTS["content_weight"]),
                          "--style-weight", str(WEIGHTS["style_weight"]), "--tv-weight", str(WEIGHTS["tv_weight"]),
                          "--memory-format", args.torch_variants, "--out", str(to)],
-                        env={**os.environ, **RETAIN_ENV} if args.malloc == "retain" else None)
+                        env={**os.environ, **HOST_MALLOC_ENV} if args.malloc == "retain" else None)
                     one["torch"] = json.loads(to.read_text())
                 row["rounds"].append(one)
                 print(json.dumps({"size": size, "round": rnd, **{k: {kk: v[kk] for kk in ("ms_per_step", "peak_rss_mb")}

@@ -59,6 +59,9 @@ def enable_compilation_cache(path: str | os.PathLike[str], min_compile_seconds: 
 # mallopt(3) parameters (glibc malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _KEEP_BYTES = 2**31 - 1  # the largest trim threshold mallopt takes: never give the top back
+# The same settings as glibc environment variables, for processes started from outside Python
+# (benchmarks/bench_gatys.py gives them to the PyTorch side).
+HOST_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(_KEEP_BYTES)}
 
 
 def retain_host_memory() -> bool:
@@ -68,8 +71,8 @@ def retain_host_memory() -> bool:
     would otherwise go to per-thread arenas, which satisfy anything over 64 MB with a fresh
     mmap whatever the other settings), no mmap for large blocks, and no trimming of the heap.
     Call it before JAX starts its CPU backend, so that its threads share the one arena.
-    Returns False where it does not apply (not Linux/glibc); the same effect is available from
-    the environment as ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...``.
+    Returns False where it does not apply (not Linux/glibc); `HOST_MALLOC_ENV` gives the same
+    settings to a new process through its environment.
     """
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -81,8 +81,8 @@ def conv3x3(x: jax.Array, u: jax.Array, out_major: bool = False) -> jax.Array:
     u = kernel_transform(g, out_major). Any H and W: the image is zero-padded to whole tiles
     and cropped. `out_major` computes the 36 products as U^T V^T, kernel first: with few tiles
     the (Cout x Cin) kernels are the large operand, and XLA:CPU's product then repacks only the
-    small tile matrices instead of 36 kernels per call (measured: Gatys step at 256 px -9%, with
-    conv4_x/conv5_1 at 48 and 12 tiles; slower than the default from ~176 tiles up).
+    small tile matrices instead of 36 kernels per call (measured: Gatys step at 256 px -6 to -7%,
+    with conv4_x/conv5_1 at 48 and 12 tiles; slower than the default from ~176 tiles up).
     """
     b, h, w, c = x.shape
     nh, nw = -(-h // TILE), -(-w // TILE)

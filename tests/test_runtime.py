@@ -1,4 +1,5 @@
 """Process-wide runtime settings: glibc keeps freed memory for the next step (no page faults)."""
+import os
 import platform
 import subprocess
 import sys
@@ -29,8 +30,9 @@ print(*faults)
 """
 
 
-def _faults(mode: str) -> list[int]:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+def _faults(mode: str, env: dict[str, str] | None = None) -> list[int]:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
+                         env=None if env is None else {**os.environ, **env})
     return [int(v) for v in out.stdout.split()]
 
 
@@ -42,6 +44,16 @@ def test_retain_host_memory_stops_refaulting_large_blocks():
     retained = _faults("retain")
     assert retained[0] > pages // 2, retained             # the first round still touches new memory
     assert all(f < pages // 100 for f in retained[1:]), retained  # then it is reused as it is
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc mallopt")
+def test_host_malloc_env_has_the_same_effect():
+    from nstjax.runtime import HOST_MALLOC_ENV
+
+    pages = (200 << 20) // 4096
+    retained = _faults("default", HOST_MALLOC_ENV)  # no mallopt call: the environment alone
+    assert retained[0] > pages // 2, retained
+    assert all(f < pages // 100 for f in retained[1:]), retained
 
 
 def test_configure_applies_host_malloc_cache_only_when_asked(monkeypatch):
