@@ -1,7 +1,7 @@
 """A/B of nstjax code variants on the Gatys step, in one process, alternating short chunks.
 
 Each argument is a Python snippet run before its variant's loss network and step are built
-(modules are available as V = nstjax.vgg, W = nstjax.winograd, L = nstjax.losses), e.g.
+(modules are available as V = nstjax.vgg, W = nstjax.ops.winograd, L = nstjax.losses), e.g.
 
     python benchmarks/ab_gatys.py "W.OUT_MAJOR_MAX_TILES = 0" "pass"        # README: -7.4% at 256 px
     SIZE=512 ROUNDS=8 CHUNK=2 python benchmarks/ab_gatys.py "W.OUT_MAJOR_MAX_TILES = 0" "pass"
@@ -24,8 +24,8 @@ import jax.numpy as jnp
 
 from nstjax import losses as L  # noqa: F401  (for the snippets)
 from nstjax import vgg as V
-from nstjax import winograd as W  # noqa: F401
 from nstjax.gatys import GatysProblem, GatysSettings
+from nstjax.ops import winograd as W  # noqa: F401
 from nstjax.image import load_resized
 from nstjax.runtime import retain_host_memory
 
@@ -45,7 +45,7 @@ def main() -> None:
         retain_host_memory()  # before the CPU backend starts its threads
     content = load_resized(assets / "data/content/chicago.jpg", size)
     style = load_resized(assets / "data/styles/mosaic.jpg", size)
-    settings = GatysSettings(optimizer="adam", lr=0.02, content_weight=5.0, style_weight=100.0, tv_weight=1e-3)
+    settings = GatysSettings(optimizer="adam", lr=0.02)  # neural-style's loss (PerceptualLoss defaults)
     runs = []
     for code in variants:
         try:

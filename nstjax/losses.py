@@ -3,11 +3,16 @@
 Conventions (those of jcjohnson/neural-style): features come from Caffe-preprocessed images
 (0..255 scale), every loss is a mean, and Gram matrices are normalized by C*H*W. Means keep
 the weights meaningful across resolutions, which the coarse-to-fine pyramid relies on.
-To add a loss: write a pure function here and give it a weight in the objective that uses it.
+
+The perceptual objective (`nstjax.perceptual.PerceptualLoss`) is a weighted sum of the terms
+registered in `TERMS`. To add a loss: write a pure function of `TermInputs` here, decorate it
+with `@term("name")`, and give it a weight (`loss.<name>_weight` in `nstjax.config.LossConfig`).
+Gatys and training then both use it.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -15,14 +20,39 @@ import jax.numpy as jnp
 Features = Mapping[str, jax.Array]
 
 
+@dataclasses.dataclass(frozen=True)
+class TermInputs:
+    """What a loss term may look at: the judged image, its features and the targets."""
+
+    image: jax.Array  # (B, H, W, 3) in [0, 1]: the optimized image or the network's output
+    feats: Features  # its VGG features at every layer the objective uses
+    content_targets: Features  # target features at the content layers
+    style_grams: Features  # target Gram matrices at the style layers
+    content_layers: Mapping[str, float]  # layer -> weight
+    style_layers: Mapping[str, float]
+
+
+Term = Callable[[TermInputs], jax.Array]
+#: Loss terms by name, in the order they are reported; the objective weights each by name.
+TERMS: dict[str, Term] = {}
+
+
+def term(name: str) -> Callable[[Term], Term]:
+    """Register a pure loss term under `name` (its weight is then `weights[name]`)."""
+
+    def register(fn: Term) -> Term:
+        TERMS[name] = fn
+        return fn
+
+    return register
+
+
 @jax.custom_vjp
 def gram(f: jax.Array) -> jax.Array:
     """(B, H, W, C) -> (B, C, C) Gram matrices normalized by C*H*W (computed in float32).
 
     The gradient is written out (dF = F (dG + dG^T) / CHW, one (HW x C) @ (C x C) product)
-    because XLA:CPU laid autodiff's version out as a transposed (C x HW) product at 11 GFLOP/s:
-    the hand-written one makes Gram forward+backward 1.5-2.5x faster (relu1_1 at 256 px:
-    31 -> 13 ms).
+    because XLA:CPU lays autodiff's version out as a slow transposed (C x HW) product.
     """
     return _gram(f)
 
@@ -68,3 +98,25 @@ def tv_loss(rgb01: jax.Array) -> jax.Array:
     dy = y[:, 1:, :, :] - y[:, :-1, :, :]
     dx = y[:, :, 1:, :] - y[:, :, :-1, :]
     return jnp.mean(jnp.square(dy)) + jnp.mean(jnp.square(dx))
+
+
+# --------------------------------------------------------------------------- registered terms
+
+
+@term("content")
+def content_term(t: TermInputs) -> jax.Array:
+    if not t.content_layers:
+        return jnp.zeros((), jnp.float32)
+    return content_loss(t.feats, t.content_targets, t.content_layers)
+
+
+@term("style")
+def style_term(t: TermInputs) -> jax.Array:
+    if not t.style_layers:
+        return jnp.zeros((), jnp.float32)
+    return style_loss(t.feats, t.style_grams, t.style_layers)
+
+
+@term("tv")
+def tv_term(t: TermInputs) -> jax.Array:
+    return tv_loss(t.image)

@@ -1,24 +1,12 @@
 """Process-wide JAX/XLA settings, applied by the CLIs before the first computation.
 
-Two settings matter for wall time rather than step time:
-
-* A persistent compilation cache. XLA compiles one program per image size; on a GPU that
-  includes autotuning every convolution (tens of seconds). With the cache, re-running at a
-  size seen before loads the executable from disk instead.
-* ``gpu_triton_gemm``: XLA:GPU autotunes Triton kernels for matrix products. For the Gram
-  matrices of Gatys that autotuning cost 23 s of a 28 s compile on an H100 and bought
-  nothing (2.38 vs 2.49 ms/step at 512 px with cuBLAS instead), so stylize turns it off.
-  Training keeps it: there it is 6.7 vs 8.7 ms/step in bfloat16, which a 40k-step run
-  repays many times (README, GPU tables).
-
-One matters for CPU step time:
-
-* ``host_malloc_cache``: XLA:CPU allocates each step's scratch buffer (107 MB for a 256 px
-  Gatys step) from a worker thread. glibc serves that from a fresh ``mmap`` and ``munmap``s it
-  after the step, so every step page-faults its whole scratch space back in: 26,000 faults per
-  step, about a fifth of the step time on the 2-core VM of the README. `retain_host_memory`
-  makes glibc keep freed memory in its heap instead (one arena, no mmap, no trimming): zero
-  faults per step once the heap fits, for a 10-40% higher peak RSS (README, CPU Gatys table).
+* a persistent compilation cache: a rerun at a size seen before loads the executable
+  instead of compiling (and, on GPUs, autotuning) it again;
+* `gpu_triton_gemm`: whether XLA:GPU autotunes Triton kernels for matrix products (a long
+  first compile; worth it for a long training run, not for one Gatys image);
+* `host_malloc_cache`: glibc keeps freed memory, so XLA:CPU's per-step scratch buffer is not
+  page-faulted back in on every step (faster CPU steps for a higher peak RSS).
+The measured effect of each is in the README's performance section.
 """
 from __future__ import annotations
 
@@ -27,9 +15,12 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING
 
 from nstjax.errors import NstjaxError
+
+if TYPE_CHECKING:
+    from nstjax.config import RuntimeConfig
 
 TRITON_GEMM_FLAG = "--xla_gpu_enable_triton_gemm"
 
@@ -85,12 +76,13 @@ def retain_host_memory() -> bool:
                ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _KEEP_BYTES)))
 
 
-def configure(runtime: Mapping[str, Any] | None) -> None:
-    """Apply a config's ``runtime`` block (see conf/stylize.yaml and conf/train.yaml)."""
-    runtime = runtime or {}
-    if runtime.get("host_malloc_cache"):
+def configure(runtime: RuntimeConfig | None) -> None:
+    """Apply a `runtime` config (conf/runtime/); must run before JAX starts its backends."""
+    if runtime is None:
+        return
+    if runtime.host_malloc_cache:
         retain_host_memory()
-    if runtime.get("gpu_triton_gemm") is not None:
-        set_gpu_triton_gemm(bool(runtime["gpu_triton_gemm"]))
-    if runtime.get("compilation_cache"):
-        enable_compilation_cache(runtime["compilation_cache"], runtime.get("cache_min_compile_seconds", 1.0))
+    if runtime.gpu_triton_gemm is not None:
+        set_gpu_triton_gemm(runtime.gpu_triton_gemm)
+    if runtime.compilation_cache:
+        enable_compilation_cache(runtime.compilation_cache, runtime.cache_min_compile_seconds)

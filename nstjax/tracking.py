@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from nstjax.config import WandbConfig
+
 
 class Tracker:
-    def __init__(self, cfg: Any, *, job: str, run_dir: str | Path, config: dict | None = None):
-        mode = os.environ.get("WANDB_MODE") or str(cfg.get("mode", "offline"))
+    def __init__(self, cfg: WandbConfig, *, job: str, run_dir: str | Path, config: dict | None = None):
+        mode = os.environ.get("WANDB_MODE") or cfg.mode
         self.enabled = mode != "disabled"
         self.run = None
         if not self.enabled:
@@ -23,8 +26,8 @@ class Tracker:
 
         self._wandb = wandb
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=cfg.get("project", "nstjax"), entity=cfg.get("entity"),
-                              group=cfg.get("group"), tags=list(cfg.get("tags") or []), job_type=job,
+        self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group,
+                              tags=list(cfg.tags), job_type=job,
                               dir=str(run_dir), config=config, mode=mode, reinit="finish_previous")
 
     def log(self, metrics: dict[str, float], step: int) -> None:

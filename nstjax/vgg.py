@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nstjax import assets, winograd
+from nstjax import assets
+from nstjax.ops import winograd
 from nstjax.errors import NstjaxError
 
 # Caffe preprocessing the weights were trained with: BGR, 0..255, mean subtracted.
@@ -189,8 +190,8 @@ def frozen_kernels(vgg: VGG19, layers: Iterable[str],
     the direct convolution on the full-resolution 64-channel layers) and 'flipped' for the rest.
     `input_shape` (batch, height, width) of the images the step will see, when known, lets
     layers with few tiles use the output-major Winograd layout (faster there; any shape still
-    computes the same convolution). Winograd weights take 4x the memory of the kernels (~0.4 GB
-    for all layers up to relu5_1); transformed kernels are cached per network and layout.
+    computes the same convolution). Winograd weights take 4x the memory of the kernels;
+    transformed kernels are cached per network and layout.
     """
     impl = resolve_conv_impl(vgg.conv_impl, vgg.dtype)
     if impl == "xla":

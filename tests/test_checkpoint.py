@@ -18,7 +18,9 @@ import optax
 import pytest
 from flax import nnx
 
-from nstjax.checkpoint import Checkpointer, GracefulStop, load_params_for_inference
+from nstjax.serving.checkpoints import load_params_for_inference
+from nstjax.training.checkpoint import Checkpointer
+from nstjax.training.signals import GracefulStop
 from nstjax.errors import NstjaxError
 
 # Orbax warns (UserWarning) when it falls back to the sharding saved on disk, which breaks
@@ -314,7 +316,8 @@ TRAIN_LOOP = textwrap.dedent(
     """
     import sys, time
     import jax.numpy as jnp
-    from nstjax.checkpoint import Checkpointer, GracefulStop
+    from nstjax.training.checkpoint import Checkpointer
+    from nstjax.training.signals import GracefulStop
 
     with Checkpointer(sys.argv[1], save_every=1000) as ckpt, GracefulStop() as stop:
         state = {"w": jnp.zeros(3)}
@@ -363,7 +366,8 @@ SHARDED = textwrap.dedent(
     import sys
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from nstjax.checkpoint import Checkpointer, load_params_for_inference
+    from nstjax.training.checkpoint import Checkpointer
+    from nstjax.serving.checkpoints import load_params_for_inference
 
     assert jax.device_count() == 4, jax.devices()
     mesh = jax.make_mesh((4,), ("data",))

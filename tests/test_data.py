@@ -4,24 +4,29 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import types
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
-from nstjax.data import load_val_images, make_dataset, prefetch_to_device
+from nstjax.training.data import load_val_images, make_dataset
+from nstjax.training.prefetch import prefetch_to_device
+from nstjax.config import DataConfig, compose, load
 from nstjax.errors import NstjaxError
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE, BATCH = 64, 4
 
 
-def folder_cfg(path: Path, **kw) -> types.SimpleNamespace:
-    fields = dict(name="folder", path=str(path), size=SIZE, workers=0, threads=2, prefetch=2)
-    return types.SimpleNamespace(**(fields | kw))
+def folder_cfg(path: Path, **kw) -> DataConfig:
+    fields = dict(name="folder", path=str(path), val_path=str(path), size=SIZE, workers=0, threads=2, prefetch=2)
+    return DataConfig(**(fields | kw))
+
+
+def coco_cfg(**overrides) -> DataConfig:
+    """`data=coco` composed as `python -m nstjax.train data=coco` composes it."""
+    cfg = compose("train", ["data=coco", *(f"data.{k}={v}" for k, v in overrides.items())])
+    return load(DataConfig, cfg.data)
 
 
 def take(data, n: int, state=None) -> list[np.ndarray]:
@@ -96,7 +101,7 @@ def test_corrupt_truncated_and_empty_files_are_skipped_and_counted(train, tmp_pa
     (tmp_path / "notes.txt").write_text("not an image, not listed")
     data = make_dataset(folder_cfg(tmp_path), batch_size=BATCH, seed=0)
     assert data.num_examples == 9
-    with caplog.at_level(logging.WARNING, logger="nstjax.data"):
+    with caplog.at_level(logging.WARNING, logger="nstjax.training.data"):
         it = iter(data)
         batches = [next(it) for _ in range(6)]  # 24 good images = exactly 4 epochs of 6
         skipped = it.skipped
@@ -137,8 +142,7 @@ def test_invalid_settings_fail_clearly(train):
 
 
 def test_coco_without_prepared_data_says_how_to_prepare(tmp_path):
-    cfg = OmegaConf.load(ROOT / "conf" / "data" / "coco.yaml")
-    cfg.data_dir = str(tmp_path)
+    cfg = coco_cfg(data_dir=tmp_path)
     with pytest.raises(NstjaxError) as e:
         make_dataset(cfg, batch_size=BATCH, seed=0)
     msg = str(e.value)
@@ -173,8 +177,7 @@ def prepared_coco(train, tmp_path_factory) -> Path:
 
 
 def test_coco_reads_prepared_tfds_array_record(prepared_coco):
-    cfg = OmegaConf.load(ROOT / "conf" / "data" / "coco.yaml")
-    cfg.data_dir, cfg.size, cfg.threads = str(prepared_coco), SIZE, 2
+    cfg = coco_cfg(data_dir=prepared_coco, size=SIZE, threads=2)
     data = make_dataset(cfg, batch_size=BATCH, seed=0)
     assert data.num_examples == 10
     a, b = take(data, 3), take(make_dataset(cfg, batch_size=BATCH, seed=0), 3)
@@ -235,9 +238,9 @@ def test_prefetch_to_device_matches_host_batches_and_keeps_resume_exact(train):
 
 def test_configs_share_fields_and_defaults_point_at_assets(assets, monkeypatch):
     monkeypatch.setenv("NSTJAX_ASSETS", str(assets))
-    folder = OmegaConf.load(ROOT / "conf" / "data" / "folder.yaml")
-    coco = OmegaConf.load(ROOT / "conf" / "data" / "coco.yaml")
-    assert set(folder) == set(coco)
+    folder = load(DataConfig, compose("train", ["data=folder"]).data)
+    coco = load(DataConfig, compose("train", ["data=coco"]).data)
+    assert set(vars(folder)) == set(vars(coco))
     assert (folder.name, coco.name, coco.tfds_name, coco.split) == ("folder", "coco", "coco/2017", "train")
     assert folder.size == coco.size == 256 and coco.data_dir is None
     assert Path(folder.path).is_dir() and Path(folder.val_path).is_dir() and coco.val_path == folder.val_path
@@ -248,7 +251,7 @@ def test_configs_share_fields_and_defaults_point_at_assets(assets, monkeypatch):
 def test_any_image_mode_decodes_to_rgb(train, tmp_path, mode):
     from PIL import Image
 
-    from nstjax.data import decode_short_side
+    from nstjax.training.data import decode_short_side
 
     with Image.open(sorted(train.glob("*.jpg"))[0]) as im:
         im = im.convert("RGB").convert(mode) if mode != "I;16" else im.convert("L").convert("I;16")
@@ -261,7 +264,7 @@ def test_any_image_mode_decodes_to_rgb(train, tmp_path, mode):
 def test_exif_orientation_is_applied(train, tmp_path):
     from PIL import Image
 
-    from nstjax.data import decode_short_side
+    from nstjax.training.data import decode_short_side
 
     src = next(p for p in sorted(train.glob("*.jpg")) if Image.open(p).width > Image.open(p).height)
     with Image.open(src) as im:

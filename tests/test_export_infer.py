@@ -19,11 +19,14 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageSequence
 
 from nstjax import color
-from nstjax.checkpoint import Checkpointer
+from nstjax.config import InferConfig, load
+from nstjax.training.checkpoint import Checkpointer
 from nstjax.errors import NstjaxError
-from nstjax.export import export_model, load_exported, read_artifact, write_artifact
+from nstjax.serving.artifact import read_artifact, write_artifact
+from nstjax.serving.exporting import export_model
+from nstjax.serving.loading import load_artifact
 from nstjax.image import load_resized, to_uint8
-from nstjax.infer import run_infer
+from nstjax.serving.job import run_infer
 from nstjax.networks import build_network
 
 SIZE = 42  # not a multiple of 4: exercises the reflect pad + crop
@@ -56,9 +59,10 @@ def setup(tmp_path_factory, photos):
 
 
 def _cfg(**kw):
+    """Settings as `python -m nstjax.infer` checks them (nstjax.config.InferConfig)."""
     base = {"model_path": None, "step": None, "input": None, "output": None, "size": SIZE, "batch": 2,
             "color": "none", "fps": None, "stablehlo": True}
-    return OmegaConf.create({**base, **kw})
+    return load(InferConfig, OmegaConf.create({**base, **kw}))
 
 
 def _png(path) -> np.ndarray:
@@ -67,13 +71,13 @@ def _png(path) -> np.ndarray:
 
 def test_params_artifact_reproduces_model(setup):
     art = setup["artifact"]
-    params, meta, hlo = read_artifact(art)
-    assert meta["kind"] == "params" and meta["model"] == MODEL and hlo is None
+    params, meta, payloads = read_artifact(art)
+    assert meta["kind"] == "params" and meta["model"] == MODEL and payloads == {}
     assert meta["source"]["step"] == STEP and meta["config"]["style"]["name"] == "tiny"
     assert "conv1/conv/kernel" in params and "res/0/in1/scale" in params
     assert not np.allclose(params["res/0/in1/scale"], 1.0)  # the perturbed weights were saved
     assert not [p for p in art.parent.iterdir() if p.name.endswith(".tmp")]
-    stylize = load_exported(art)
+    stylize = load_artifact(art)
     y = stylize(setup["content"])
     assert y.shape == setup["content"].shape and y.dtype == np.float32
     np.testing.assert_allclose(y, setup["ref"], atol=1e-5)
@@ -86,15 +90,15 @@ def test_stablehlo_artifact_is_shape_polymorphic(setup):
     art = setup["dir"] / "tiny.hlo.npz"
     meta = export_model(setup["artifact"], art, kind="stablehlo")  # an artifact converts too
     assert meta["source"]["step"] == STEP
-    _, _, hlo = read_artifact(art)
-    x_aval = export.deserialize(bytearray(hlo)).in_avals[-1]
+    _, _, payloads = read_artifact(art)
+    x_aval = export.deserialize(bytearray(payloads["stablehlo"])).in_avals[-1]
     assert [str(d) for d in x_aval.shape] == ["b", "4*h", "4*w", "3"]
-    stylize = load_exported(art)
+    stylize = load_artifact(art)
     assert stylize.backend == "stablehlo"
     np.testing.assert_allclose(stylize(setup["content"]), setup["ref"], atol=1e-5)
     # Another batch and a spatial size needing asymmetric padding, without re-exporting.
     x = setup["content"][1:, :, 3:]  # (1, 42, 39, 3)
-    want = load_exported(setup["artifact"])(x)
+    want = load_artifact(setup["artifact"])(x)
     np.testing.assert_allclose(stylize(x), want, atol=1e-5)
     with pytest.raises(NstjaxError, match="too small"):
         stylize(np.zeros((1, 4, 9, 3), np.float32))
@@ -137,7 +141,7 @@ def test_infer_animated_gif_keeps_frames_and_durations(setup, tmp_path, photos):
     assert r["shapes"] == [[2, SIZE, SIZE, 3]]  # the last frame is padded into the same executable
     with Image.open(gif) as im:
         inputs = [np.asarray(f.convert("RGB"), np.float32) / 255 for f in ImageSequence.Iterator(im)]
-    stylize = load_exported(setup["artifact"])
+    stylize = load_artifact(setup["artifact"])
     # Batches of 2, as infer ran them (same executables, no extra compile).
     want = np.concatenate([stylize(np.stack(inputs[:2])), stylize(np.stack([inputs[2]] * 2))[:1]])
     want = np.clip(want, 0, 1)
@@ -184,9 +188,8 @@ def test_bad_inputs_raise_one_clear_error(setup, tmp_path):
         "no model": (dict(model_path=None), "model_path"),
     }
     for name, (kw, needle) in cases.items():
-        cfg = _cfg(**{"model_path": str(art), "input": photo, "output": str(tmp_path / "o.png"), **kw})
-        with pytest.raises(NstjaxError) as e:
-            run_infer(cfg)
+        with pytest.raises(NstjaxError) as e:  # refused when checked, or when run
+            run_infer(_cfg(**{"model_path": str(art), "input": photo, "output": str(tmp_path / "o.png"), **kw}))
         assert needle in str(e.value) and "\n" not in str(e.value), (name, str(e.value))
     with pytest.raises(NstjaxError, match="no step 9"):
         run_infer(_cfg(model_path=str(setup["ckpt"]), step=9, input=photo, output=str(tmp_path / "o.png")))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import functools
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -17,7 +18,7 @@ import pytest
 from flax import nnx
 from omegaconf import OmegaConf
 
-from nstjax import networks
+from nstjax.networks import johnson
 from nstjax.errors import NstjaxError
 from nstjax.networks import (
     NETWORKS,
@@ -26,6 +27,7 @@ from nstjax.networks import (
     count_params,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(width=0.125, num_residual=1)
 SHAPE = (2, 67, 45, 3)  # odd, not a multiple of 4: exercises pad-to-4 and crop
 TRACES: collections.Counter[tuple[Any, ...]] = collections.Counter()  # (graphdef, shape)
@@ -126,7 +128,7 @@ def test_num_residual_and_param_dtype() -> None:
 
 
 def test_build_network_from_hydra_config() -> None:
-    cfg = OmegaConf.load(networks.__file__.replace("nstjax/networks.py", "conf/model/johnson.yaml"))
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / "johnson.yaml")
     assert dict(cfg) == {"name": "johnson", "width": 1.0, "num_residual": 5, "dtype": "float32"}
     assert set(NETWORKS) >= {"johnson"}
     cfg.width, cfg.num_residual, cfg.dtype = 0.25, 2, "bfloat16"
@@ -221,7 +223,7 @@ def test_constant_image_check_catches_zero_padding(
     def zero_pad(x: jax.Array, pad: int) -> jax.Array:
         return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
-    monkeypatch.setattr(networks, "reflect_pad", zero_pad)
+    monkeypatch.setattr(johnson, "reflect_pad", zero_pad)
     model = _with_in_epsilon(_randomize(small, 1), 1.0)
     y = jax.jit(lambda m, x: m(x))(model, CONST)  # fresh jit: must retrace with the patch
     assert _spatial_spread(y) > 1e-2

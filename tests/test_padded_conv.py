@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nstjax.padded_conv import _cpu_conv, padded_conv, valid_conv
+from nstjax.ops.padded_conv import _cpu_conv, padded_conv, valid_conv
 
 CASES = [  # (cin, cout, kernel, stride, height, width)
     (3, 16, 9, 1, 21, 17),

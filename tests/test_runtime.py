@@ -58,10 +58,11 @@ def test_host_malloc_env_has_the_same_effect():
 
 def test_configure_applies_host_malloc_cache_only_when_asked(monkeypatch):
     from nstjax import runtime
+    from nstjax.config import RuntimeConfig
 
     calls = []
     monkeypatch.setattr(runtime, "retain_host_memory", lambda: calls.append(1) or True)
-    runtime.configure({"host_malloc_cache": False})
+    runtime.configure(RuntimeConfig(host_malloc_cache=False, cache_min_compile_seconds=1.0))
     assert calls == []
-    runtime.configure({"host_malloc_cache": True})
+    runtime.configure(RuntimeConfig(host_malloc_cache=True, cache_min_compile_seconds=1.0))
     assert calls == [1]

@@ -20,17 +20,20 @@ def run_train(args, cwd, assets, extra_env=None, timeout=600):
 EQUIVALENCE = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
-    from nstjax.data import load_val_images
+    from nstjax.training.data import load_val_images
     from nstjax.image import load_resized
     from nstjax.networks import TransformerNet
-    from nstjax.trainer import PerceptualLoss, Trainer, make_mesh, style_targets
+    from nstjax.perceptual import Encoder, PerceptualLoss
+    from nstjax.training.trainer import Trainer, make_mesh
     from nstjax.vgg import load_vgg19
     import os
     assets = os.environ["NSTJAX_ASSETS"]
     assert len(jax.devices()) == 2, jax.devices()
     vgg = load_vgg19()
-    loss = PerceptualLoss({"relu2_2": 1.0}, {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0}, 1.0, 10.0, 1e-5)
-    grams = style_targets(vgg, [load_resized(assets + "/data/styles/mosaic.jpg", 64)], loss.style_layers)
+    loss = PerceptualLoss({"relu2_2": 1.0}, {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0},
+                          {"content": 1.0, "style": 10.0, "tv": 1e-5})
+    encoder = Encoder(vgg, loss.layers)
+    grams = loss.style_targets(encoder, [load_resized(assets + "/data/styles/mosaic.jpg", 64)])
     batch = load_val_images(assets + "/data/photos/val", 32, limit=4)
     # SGD keeps the update linear in the gradient (Adam would blow up the float noise of
     # gradients that are zero in exact arithmetic, e.g. conv biases before instance norm).
@@ -38,7 +41,7 @@ EQUIVALENCE = textwrap.dedent("""
     deltas = {}
     for n in (1, 2):
         model = TransformerNet(width=0.125, num_residual=1, rngs=nnx.Rngs(0))
-        tr = Trainer(model, vgg, loss, optax.sgd(1e-9), grams, make_mesh(jax.devices()[:n]))
+        tr = Trainer(model, encoder, loss, optax.sgd(1e-9), grams, make_mesh(jax.devices()[:n]))
         before = jax.tree.map(np.asarray, tr.params)
         x = tr.put_batch(batch)
         assert len(x.sharding.device_set) == n

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nstjax import winograd
+from nstjax.ops import winograd
 from nstjax.errors import NstjaxError
 from nstjax.image import load_resized
 from nstjax.vgg import FROZEN_KINDS, FrozenConv, conv_input_sizes, frozen_kernels, frozen_conv, load_vgg19

@@ -25,25 +25,18 @@ import dataclasses
 import logging
 import math
 import shutil
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from nstjax import trees
 from nstjax.errors import NstjaxError
 
-__all__ = [
-    "Checkpointer",
-    "GracefulStop",
-    "Restored",
-    "load_params_for_inference",
-]
+__all__ = ["Checkpointer", "Restored"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +47,6 @@ RESUME_HINT = (
     "set train.resume=false to start over (discarding its checkpoints), "
     "or point train.ckpt_dir at another directory"
 )
-_MAX_LISTED = 3  # how many mismatches an error line names before summarising
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +64,7 @@ class Restored:
 # Small helpers
 
 
-def _reason(e: BaseException) -> str:
+def reason(e: BaseException) -> str:
     """First line of an exception, short enough for a one-line CLI error."""
     text = str(e).strip().splitlines()
     line = text[0] if text else ""
@@ -119,64 +111,12 @@ def _decode_data_state(blob: Any) -> Any:
     return blob["value"]
 
 
-def _key_str(key: Any) -> str:
-    for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
+def mismatches(template: Any, stored_tree: Any) -> list[str]:
+    """Differences between the template and the checkpoint's array metadata, by tree path."""
+    return trees.mismatches(trees.flatten(template), trees.flatten(stored_tree))
 
 
-def _flatten(tree: Any) -> dict[str, Any]:
-    """Leaves keyed by 'a/b/0/value' paths; Orbax stores the same paths as nested dicts/lists."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {"/".join(_key_str(k) for k in path): leaf for path, leaf in leaves}
-
-
-def _is_prng_key(leaf: Any) -> bool:
-    dtype = getattr(leaf, "dtype", None)
-    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-
-
-def _stored_shape(leaf: Any) -> tuple[int, ...]:
-    """Shape as written to disk: typed PRNG keys are stored as their raw uint32 key data."""
-    if _is_prng_key(leaf):
-        return tuple(jax.eval_shape(jax.random.key_data, leaf).shape)
-    shape = getattr(leaf, "shape", None)
-    return tuple(shape) if shape is not None else tuple(np.shape(leaf))
-
-
-def _mismatches(template: Any, stored_tree: Any) -> list[str]:
-    """Human-readable differences between the template and the checkpoint's array metadata.
-
-    Shallow paths first, so the error line names e.g. 'params/conv/kernel' before the
-    optimizer's copies of it.
-    """
-    want, have = _flatten(template), _flatten(stored_tree)
-    found: list[tuple[str, str]] = []
-    for p in want:
-        if p not in have:
-            found.append((p, f"'{p}' is missing from the checkpoint"))
-            continue
-        stored = getattr(have[p], "shape", None)
-        if stored is not None and tuple(stored) != _stored_shape(want[p]):
-            found.append((
-                p,
-                f"'{p}' has shape {tuple(stored)} in the checkpoint but the model expects "
-                f"{_stored_shape(want[p])}",
-            ))
-    found += [(p, f"the checkpoint has '{p}', which the model lacks") for p in have if p not in want]
-    found.sort(key=lambda item: item[0].count("/"))
-    return [message for _, message in found]
-
-
-def _summarise(problems: list[str]) -> str:
-    text = "; ".join(problems[:_MAX_LISTED])
-    if len(problems) > _MAX_LISTED:
-        text += f" (and {len(problems) - _MAX_LISTED} more)"
-    return text
-
-
-def _restore_target(template: Any) -> Any:
+def restore_target(template: Any) -> Any:
     """Turn a template into restore targets that carry an explicit sharding.
 
     jax Arrays keep their sharding; sharding-less ShapeDtypeStructs get the default device.
@@ -198,7 +138,7 @@ def _restore_target(template: Any) -> Any:
     return jax.tree.map(one, template)
 
 
-def _check_directory(path: Path, hint: str) -> None:
+def check_directory(path: Path, hint: str) -> None:
     if path.exists() and not path.is_dir():
         raise NstjaxError(f"checkpoint directory {path} is a file, not a directory; {hint}")
 
@@ -239,7 +179,7 @@ class Checkpointer:
         self.best_mode = best_mode
         self._warned_no_metric = False
         self._closed = False
-        _check_directory(self.directory, RESUME_HINT)
+        check_directory(self.directory, RESUME_HINT)
 
         worst = math.inf if best_mode == "min" else -math.inf
 
@@ -287,7 +227,7 @@ class Checkpointer:
             )
         except Exception as e:  # unreadable dir, bad metrics file, permissions, ...
             raise NstjaxError(
-                f"cannot open checkpoint directory {self.directory}: {_reason(e)}; {RESUME_HINT}"
+                f"cannot open checkpoint directory {self.directory}: {reason(e)}; {RESUME_HINT}"
             ) from e
         if discard_existing:
             self._discard_existing()
@@ -323,7 +263,7 @@ class Checkpointer:
                 self._mngr.delete(step)
         except Exception as e:
             raise NstjaxError(
-                f"cannot delete old checkpoints in {self.directory}: {_reason(e)}; "
+                f"cannot delete old checkpoints in {self.directory}: {reason(e)}; "
                 "point train.ckpt_dir at another directory"
             ) from e
 
@@ -400,7 +340,7 @@ class Checkpointer:
             )
         except Exception as e:
             raise NstjaxError(
-                f"could not write checkpoint step {step} to {self.directory}: {_reason(e)}"
+                f"could not write checkpoint step {step} to {self.directory}: {reason(e)}"
             ) from e
 
     def wait(self) -> None:
@@ -408,7 +348,7 @@ class Checkpointer:
         try:
             self._mngr.wait_until_finished()
         except Exception as e:
-            raise NstjaxError(f"could not write checkpoint to {self.directory}: {_reason(e)}") from e
+            raise NstjaxError(f"could not write checkpoint to {self.directory}: {reason(e)}") from e
 
     def close(self) -> None:
         """Flush pending saves and stop Orbax's background threads; safe to call twice."""
@@ -453,15 +393,15 @@ class Checkpointer:
             metadata = self._mngr.item_metadata(step)
             stored = metadata[STATE_ITEM] if STATE_ITEM in metadata else None
         except Exception as e:
-            raise fail(f"unreadable ({_reason(e)})", e) from e
+            raise fail(f"unreadable ({reason(e)})", e) from e
         if stored is None or getattr(stored, "tree", None) is None:
             raise fail("it is incomplete or not an nstjax checkpoint (no readable 'state' item)")
-        problems = _mismatches(template_state, stored.tree)
+        problems = mismatches(template_state, stored.tree)
         if problems:
-            raise fail(f"it does not match the current model: {_summarise(problems)}")
+            raise fail(f"it does not match the current model: {trees.summarise(problems)}")
         args = ocp.args.Composite(
             **{
-                STATE_ITEM: ocp.args.StandardRestore(_restore_target(template_state)),
+                STATE_ITEM: ocp.args.StandardRestore(restore_target(template_state)),
                 META_ITEM: ocp.args.JsonRestore(),
             }
         )
@@ -479,151 +419,4 @@ class Checkpointer:
                 metrics=dict(meta["metrics"]),
             )
         except Exception as e:
-            raise fail(f"unreadable ({_reason(e)})", e) from e
-
-
-# --------------------------------------------------------------------------------------
-# Inference loading
-
-
-def _unwrap_variables(tree: Any) -> Any:
-    """Orbax stores an nnx Variable as {'value': array}; return nnx's "pure dict" form.
-
-    Digit-string keys (nnx.List / Sequential layer indices) become ints again, like
-    ``nnx.restore_int_paths``, so the result feeds ``nnx.replace_by_pure_dict``/``nnx.update``.
-    """
-    if isinstance(tree, Mapping):
-        if set(tree) == {"value"} and not isinstance(tree["value"], (Mapping, list)):
-            return tree["value"]
-        return {
-            (int(k) if isinstance(k, str) and k.isdigit() else k): _unwrap_variables(v)
-            for k, v in tree.items()
-        }
-    if isinstance(tree, list):
-        return [_unwrap_variables(v) for v in tree]
-    return tree
-
-
-def load_params_for_inference(
-    directory: str | Path,
-    step: int | None = None,
-    *,
-    params_key: str = "params",
-    template: Any = None,
-) -> tuple[Any, dict[str, Any], int]:
-    """Load only ``state[params_key]`` and the config from a training checkpoint.
-
-    No optimizer template is needed: the optimizer state is skipped with Orbax's partial
-    restore. Without ``template`` the params come back as host numpy arrays in nnx's pure
-    dict form (apply with ``nnx.update(model, params)``); with a template (e.g.
-    ``nnx.state(abstract_model, nnx.Param)``) they come back in its structure and shardings.
-    Returns ``(params, config, step)``.
-    """
-    path = Path(directory).expanduser().absolute()
-    hint = "check the checkpoint path"
-    _check_directory(path, hint)
-    if not path.is_dir():
-        raise NstjaxError(f"checkpoint directory {path} does not exist; {hint}")
-    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-    registry.add(STATE_ITEM, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())
-    registry.add(META_ITEM, ocp.args.JsonRestore, ocp.JsonCheckpointHandler())
-    try:
-        mngr = ocp.CheckpointManager(
-            path,
-            handler_registry=registry,
-            options=ocp.CheckpointManagerOptions(save_interval_steps=0, create=False),
-        )
-    except Exception as e:
-        raise NstjaxError(f"cannot read checkpoint directory {path}: {_reason(e)}; {hint}") from e
-    try:
-        steps = sorted(mngr.all_steps())
-        if not steps:
-            raise NstjaxError(f"no finished checkpoint in {path}; {hint}")
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
-            raise NstjaxError(f"checkpoint {path} has no step {step} (available: {steps}); {hint}")
-        step_dir = path / str(step)
-        try:
-            metadata = mngr.item_metadata(step)
-            stored = metadata[STATE_ITEM] if STATE_ITEM in metadata else None
-            tree = getattr(stored, "tree", None)
-        except Exception as e:
-            raise NstjaxError(f"checkpoint {step_dir} is unreadable: {_reason(e)}; {hint}") from e
-        if tree is None:
-            raise NstjaxError(
-                f"checkpoint {step_dir} is incomplete or not an nstjax checkpoint "
-                f"(no readable 'state' item); {hint}"
-            )
-        if not isinstance(tree, Mapping) or params_key not in tree:
-            raise NstjaxError(f"checkpoint {step_dir} has no '{params_key}' entry; {hint}")
-        if template is None:
-            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[params_key])
-            restore_args = jax.tree.map(
-                lambda m: ocp.RestoreArgs(restore_type=np.ndarray), tree[params_key]
-            )
-            restore = ocp.args.PyTreeRestore(
-                item={params_key: target},
-                restore_args={params_key: restore_args},
-                partial_restore=True,
-            )
-        else:
-            problems = _mismatches(template, tree[params_key])
-            if problems:
-                raise NstjaxError(
-                    f"checkpoint {step_dir} does not match the model: {_summarise(problems)}; {hint}"
-                )
-            target = {params_key: _restore_target(template)}
-            restore = ocp.args.PyTreeRestore(
-                item=target,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True,
-            )
-        try:
-            restored = mngr.restore(
-                step, args=ocp.args.Composite(**{STATE_ITEM: restore, META_ITEM: ocp.args.JsonRestore()})
-            )
-            params = restored[STATE_ITEM][params_key]
-            config = dict(restored[META_ITEM]["config"])
-        except Exception as e:
-            raise NstjaxError(f"checkpoint {step_dir} is unreadable: {_reason(e)}; {hint}") from e
-        return (_unwrap_variables(params) if template is None else params), config, int(step)
-    finally:
-        mngr.close()
-
-
-# --------------------------------------------------------------------------------------
-# Graceful stop
-
-
-class GracefulStop:
-    """Turn SIGTERM / Ctrl-C into a flag so the loop can save a checkpoint and exit cleanly.
-
-    A second Ctrl-C raises KeyboardInterrupt as usual, for a user who does not want to wait
-    for the final save. Outside the main thread (where Python cannot install handlers) this
-    is a no-op and ``requested`` stays False.
-    """
-
-    def __init__(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
-        self.signals = tuple(signals)
-        self.requested = False
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
-
-    def __enter__(self) -> GracefulStop:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._previous.items():
-            # None means the old handler was installed from C and cannot be reinstated.
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
-        self._previous.clear()
+            raise fail(f"unreadable ({reason(e)})", e) from e

@@ -7,7 +7,6 @@ global batch), so one step on N devices equals the same global batch on one devi
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,26 +17,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nstjax import losses as L
 from nstjax.errors import NstjaxError
-from nstjax.vgg import VGG19, check_layers, frozen_kernels, layer_order
-
-
-@dataclasses.dataclass(frozen=True)
-class PerceptualLoss:
-    """Weights and layers of the Johnson et al. perceptual loss."""
-
-    content_layers: Mapping[str, float]
-    style_layers: Mapping[str, float]
-    content_weight: float
-    style_weight: float
-    tv_weight: float
-
-    def validate(self) -> None:
-        check_layers(self.content_layers, "loss.content_layers")
-        check_layers(self.style_layers, "loss.style_layers")
-        if not self.style_layers:
-            raise NstjaxError("loss.style_layers: a style network needs at least one style layer")
+from nstjax.perceptual import Encoder, PerceptualLoss, Targets
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -70,64 +51,48 @@ def make_optimizer(lr: float, steps: int, schedule: str = "constant", warmup: in
     return optax.chain(*parts, optax.adam(sched)), sched
 
 
-def style_targets(vgg: VGG19, style_images: list[np.ndarray], layers: Mapping[str, float],
-                  blend: list[float] | None = None) -> dict[str, jax.Array]:
-    """Gram targets of the style image(s), computed once before training (blend-averaged)."""
-    from nstjax.gatys import encode, normalized_blend
-
-    blend = normalized_blend(blend, len(style_images))
-    graphdef, state = nnx.split(vgg)
-    frozen = frozen_kernels(vgg, layers)  # same convolutions as the training loss (cached there)
-    out: dict[str, jax.Array] = {}
-    for w, img in zip(blend, style_images):
-        feats = encode(graphdef, state, frozen, jnp.asarray(img)[None], tuple(layers))
-        for k in layers:
-            out[k] = out.get(k, 0.0) + w * L.gram(feats[k])
-    return out
-
-
 class Trainer:
     """Holds the compiled, sharded train step and the model's graph definition."""
 
-    def __init__(self, model: nnx.Module, vgg: VGG19, loss: PerceptualLoss, tx: optax.GradientTransformation,
+    def __init__(self, model: nnx.Module, encoder: Encoder, loss: PerceptualLoss, tx: optax.GradientTransformation,
                  grams: Mapping[str, jax.Array], mesh: Mesh):
-        loss.validate()
+        if not loss.style_layers:
+            raise NstjaxError("loss.style_layers: a style network needs at least one style layer")
         self.loss = loss
+        self.encoder = encoder
         self.mesh = mesh
         self.tx = tx
         self.repl = NamedSharding(mesh, P())
         self.data_sharding = NamedSharding(mesh, P("data"))
         self.graphdef, params = nnx.split(model, nnx.Param)
-        self.vgg_graphdef, vgg_state = nnx.split(vgg)
-        order = layer_order()
-        self.content_layers = tuple(sorted(loss.content_layers, key=order.index))
-        self.style_layers = tuple(sorted(set(loss.style_layers) | set(loss.content_layers), key=order.index))
         self.params = jax.device_put(params, self.repl)
         self.opt_state = jax.device_put(tx.init(self.params), self.repl)
-        frozen = frozen_kernels(vgg, self.style_layers)  # once: Winograd/input-gradient kernels
-        self.consts = jax.device_put((vgg_state, frozen, dict(grams)), self.repl)
+        self.consts = jax.device_put((encoder.params, dict(grams)), self.repl)
         self._step = jax.jit(self._train_step, donate_argnums=(0, 1),
                              in_shardings=(self.repl, self.repl, self.data_sharding, self.repl),
                              out_shardings=(self.repl, self.repl, self.repl))
         self._eval = jax.jit(self._eval_terms, in_shardings=(self.repl, self.data_sharding, self.repl),
                              out_shardings=self.repl)
         self._stylize = jax.jit(self._apply)
+        self._photo_style = jax.jit(self._photo_terms)
 
     # ---- pure functions (traced once) -------------------------------------------------
     def _apply(self, params, x):
         return nnx.merge(self.graphdef, params)(x)
 
     def _terms(self, params, x, consts) -> dict[str, jax.Array]:
-        vgg_state, frozen, grams = consts
-        vgg = nnx.merge(self.vgg_graphdef, vgg_state)
+        encoder_params, grams = consts
         y = self._apply(params, x)
-        fy = vgg(y, self.style_layers, frozen)  # one pass for every loss on y
-        fx = jax.lax.stop_gradient(vgg(x, self.content_layers, frozen))  # content targets: shallow pass only
-        c = L.content_loss(fy, fx, self.loss.content_layers) if self.loss.content_layers else jnp.zeros(())
-        s = L.style_loss(fy, grams, self.loss.style_layers)
-        tv = L.tv_loss(y)
-        total = self.loss.content_weight * c + self.loss.style_weight * s + self.loss.tv_weight * tv
-        return {"content": c, "style": s, "tv": tv, "total": total}
+        fy = self.encoder(encoder_params, y, self.loss.layers)  # one pass for every loss on y
+        # Content targets: the photo's own features, a shallow pass only.
+        names = self.loss.content_names
+        fx = jax.lax.stop_gradient(self.encoder(encoder_params, x, names)) if names else {}
+        return self.loss.evaluate(y, fy, Targets(fx, grams))
+
+    def _photo_terms(self, x, consts) -> dict[str, jax.Array]:
+        encoder_params, grams = consts
+        fx = self.encoder(encoder_params, x, self.loss.layers)
+        return self.loss.evaluate(x, fx, Targets(fx, grams))
 
     def _train_step(self, params, opt_state, x, consts):
         def f(p):
@@ -167,10 +132,4 @@ class Trainer:
 
     def photo_style_loss(self, batch: jax.Array) -> float:
         """Style loss of the photos themselves (no network): the baseline a stylizer must beat."""
-        if not hasattr(self, "_photo_style"):
-            def f(x, consts):
-                vgg = nnx.merge(self.vgg_graphdef, consts[0])
-                feats = vgg(x, tuple(self.loss.style_layers), consts[1])
-                return L.style_loss(feats, consts[2], self.loss.style_layers)
-            self._photo_style = jax.jit(f)
-        return float(self._photo_style(batch, self.consts))
+        return float(self._photo_style(batch, self.consts)["style"])

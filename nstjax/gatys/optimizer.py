@@ -9,31 +9,27 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
-from nstjax import losses as L
 from nstjax.errors import NstjaxError
-from nstjax.vgg import VGG19, check_layers, frozen_kernels, layer_order
+from nstjax.image import fit_size, resize
+from nstjax.perceptual import Encoder, PerceptualLoss, Targets
+from nstjax.vgg import VGG19
 
-DEFAULT_STYLE_LAYERS = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
+OPTIMIZERS = ("lbfgs", "adam")
 
 
 @dataclasses.dataclass(frozen=True)
 class GatysSettings:
     """Hyper-parameters of one optimization (defaults follow jcjohnson/neural-style)."""
 
-    content_layers: Mapping[str, float] = dataclasses.field(default_factory=lambda: {"relu4_2": 1.0})
-    style_layers: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_STYLE_LAYERS))
-    content_weight: float = 5.0
-    style_weight: float = 100.0
-    tv_weight: float = 1e-3
+    loss: PerceptualLoss = dataclasses.field(default_factory=PerceptualLoss)
     optimizer: str = "lbfgs"  # lbfgs | adam
     lr: float = 0.02  # Adam step size in [0, 1] pixel units
     lbfgs_memory: int = 10
@@ -41,11 +37,9 @@ class GatysSettings:
     log_every: int = 50
 
     def validate(self) -> None:
-        check_layers(self.content_layers, "loss.content_layers")
-        check_layers(self.style_layers, "loss.style_layers")
-        if not self.content_layers and not self.style_layers:
+        if not self.loss.content_layers and not self.loss.style_layers:
             raise NstjaxError("loss: at least one content or style layer is needed")
-        if self.optimizer not in ("lbfgs", "adam"):
+        if self.optimizer not in OPTIMIZERS:
             raise NstjaxError(f"optimizer: expected 'lbfgs' or 'adam', got {self.optimizer!r}")
         if self.steps < 0:
             raise NstjaxError(f"steps: must be >= 0, got {self.steps}")
@@ -54,16 +48,11 @@ class GatysSettings:
         if self.lr <= 0:
             raise NstjaxError(f"lr: must be > 0, got {self.lr}")
 
-    @property
-    def layers(self) -> tuple[str, ...]:
-        order = layer_order()
-        return tuple(sorted(set(self.content_layers) | set(self.style_layers), key=order.index))
-
 
 @dataclasses.dataclass
 class GatysResult:
     image: np.ndarray  # (H, W, 3) float32 in [0, 1]
-    initial: dict[str, float]  # unweighted content/style/tv losses and the weighted total
+    initial: dict[str, float]  # unweighted loss terms and the weighted total
     final: dict[str, float]
     steps: int
     run_seconds: float  # optimization wall time, compilation excluded
@@ -74,12 +63,6 @@ class GatysResult:
 Callback = Callable[[int, np.ndarray, dict[str, float]], None]
 
 
-@partial(jax.jit, static_argnums=(0, 4))
-def encode(graphdef, vgg_state, frozen, img: jax.Array, layers: tuple[str, ...]) -> dict[str, jax.Array]:
-    """VGG features of `img` at `layers`; weights are an argument, not baked-in constants."""
-    return nnx.merge(graphdef, vgg_state)(img, layers, frozen)
-
-
 class GatysProblem:
     """Targets and objective for one content size: encodes content and styles once."""
 
@@ -87,32 +70,18 @@ class GatysProblem:
                  blend: Sequence[float] | None, settings: GatysSettings):
         settings.validate()
         self.s = settings
-        self.graphdef, self.vgg_state = nnx.split(vgg)
+        self.loss = settings.loss
         self.shape = (1, *content.shape)
-        # Once per problem, not per step; laid out for this image size.
-        self.frozen = frozen_kernels(vgg, settings.layers, input_shape=self.shape[:3])
-        blend = normalized_blend(blend, len(styles))
-        c_feats = self._encode(jnp.asarray(content)[None], tuple(settings.content_layers))
-        grams = {k: 0.0 for k in settings.style_layers}
-        for w, style in zip(blend, styles):
-            feats = self._encode(jnp.asarray(style)[None], tuple(settings.style_layers))
-            for k in grams:
-                grams[k] = grams[k] + w * L.gram(feats[k])
-        self.consts = (self.vgg_state, self.frozen, c_feats, grams)
-
-    def _encode(self, img: jax.Array, layers: tuple[str, ...]) -> dict[str, jax.Array]:
-        return encode(self.graphdef, self.vgg_state, self.frozen, img, layers)
+        # Frozen kernels laid out for this image size, once per problem.
+        self.encoder = Encoder(vgg, self.loss.layers, input_shape=self.shape[:3])
+        targets = Targets(self.loss.content_targets(self.encoder, content),
+                          self.loss.style_targets(self.encoder, styles, blend))
+        self.consts = (self.encoder.params, targets)
 
     def terms(self, x: jax.Array, consts) -> dict[str, jax.Array]:
         """Unweighted loss terms and the weighted total for image batch x (1, H, W, 3)."""
-        vgg_state, frozen, c_targets, s_targets = consts
-        feats = nnx.merge(self.graphdef, vgg_state)(x, self.s.layers, frozen)
-        zero = jnp.zeros((), jnp.float32)
-        c = L.content_loss(feats, c_targets, self.s.content_layers) if self.s.content_layers else zero
-        st = L.style_loss(feats, s_targets, self.s.style_layers) if self.s.style_layers else zero
-        tv = L.tv_loss(x)
-        total = self.s.content_weight * c + self.s.style_weight * st + self.s.tv_weight * tv
-        return {"content": c, "style": st, "tv": tv, "total": total}
+        encoder_params, targets = consts
+        return self.loss.evaluate(x, self.encoder(encoder_params, x, self.loss.layers), targets)
 
     def objective(self, x: jax.Array, consts) -> jax.Array:
         return self.terms(x, consts)["total"]
@@ -146,19 +115,6 @@ class GatysProblem:
             return x, opt_state, v
 
         return jax.jit(step, donate_argnums=donate).lower(x, opt_state, self.consts).compile()
-
-
-def normalized_blend(blend: Sequence[float] | None, n: int) -> list[float]:
-    if n < 1:
-        raise NstjaxError("style.image: at least one style image is needed")
-    if blend is None:
-        return [1.0 / n] * n
-    blend = [float(b) for b in blend]
-    if len(blend) != n:
-        raise NstjaxError(f"style.blend_weights: {len(blend)} weights for {n} style images")
-    if any(b < 0 for b in blend) or sum(blend) <= 0:
-        raise NstjaxError("style.blend_weights: weights must be >= 0 with a positive sum")
-    return [b / sum(blend) for b in blend]
 
 
 def run_gatys(vgg: VGG19, content: np.ndarray, styles: Sequence[np.ndarray], settings: GatysSettings,
@@ -241,8 +197,6 @@ def stylize_pyramid(vgg: VGG19, content: np.ndarray, styles: Sequence[np.ndarray
     `style_scale` times the level's long side), so large outputs get their global structure
     cheaply at low resolution and only refine texture at high resolution.
     """
-    from nstjax.image import fit_size, resize
-
     if style_scale <= 0:
         raise NstjaxError(f"style_scale: must be > 0, got {style_scale}")
     results: list[GatysResult] = []

@@ -3,10 +3,9 @@
 Each 4x4 output tile comes from a 6x6 input tile: V = B^T d B, M = V * U summed over input
 channels (36 independent GEMMs of (tiles x Cin) @ (Cin x Cout)), Y = A^T M A, with the kernel
 pre-transformed once as U = G g G^T. That is 36 multiplies per 16 outputs instead of 144:
-4x fewer FLOPs than a direct convolution. On XLA:CPU, whose direct convolutions already run
-near the CPU's peak, this is how the VGG loss network gets faster (measured in the README:
-Gatys step 0.78 s -> 0.42-0.52 s at 256 px on 2 cores). The transforms are sums of strided slices
-that XLA fuses; relative error against the direct convolution is ~1e-5 in float32.
+4x fewer FLOPs than a direct convolution, which is what beats XLA:CPU's direct convolutions
+(already near the CPU's peak) on the VGG loss network. The transforms are sums of strided
+slices that XLA fuses; relative error against the direct convolution is ~1e-5 in float32.
 
 Only used for frozen convolutions (the VGG loss network), whose kernels never change, so the
 transform is paid once; see `nstjax.vgg.frozen_kernels`.
@@ -49,8 +48,7 @@ def kernel_transform(w: np.ndarray, out_major: bool = False) -> np.ndarray:
     """(3, 3, Cin, Cout) HWIO kernel -> Winograd-domain kernel U = G g G^T, (36, Cin, Cout), or
     (36, Cout, Cin) with `out_major` (see `conv3x3`).
 
-    On the host in NumPy (float32, two small-K matrix products: ~20 ms for a 512x512 kernel):
-    it is done once per loss network, and XLA:CPU compiled the same transform for 14 s.
+    On the host in NumPy, once per loss network (XLA:CPU compiles the same transform slowly).
     """
     w = np.asarray(w, np.float32)
     ci, co = w.shape[2:]
@@ -81,8 +79,7 @@ def conv3x3(x: jax.Array, u: jax.Array, out_major: bool = False) -> jax.Array:
     u = kernel_transform(g, out_major). Any H and W: the image is zero-padded to whole tiles
     and cropped. `out_major` computes the 36 products as U^T V^T, kernel first: with few tiles
     the (Cout x Cin) kernels are the large operand, and XLA:CPU's product then repacks only the
-    small tile matrices instead of 36 kernels per call (measured: Gatys step at 256 px -6 to -7%,
-    with conv4_x/conv5_1 at 48 and 12 tiles; slower than the default from ~176 tiles up).
+    small tile matrices instead of 36 kernels per call (faster below OUT_MAJOR_MAX_TILES; README).
     """
     b, h, w, c = x.shape
     nh, nw = -(-h // TILE), -(-w // TILE)

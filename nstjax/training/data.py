@@ -16,47 +16,27 @@ exact and the batches do not depend on ``data.workers``. Iterator state is a JSO
 """
 from __future__ import annotations
 
-import collections
 import io
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grain
-import jax
 import numpy as np
 from PIL import Image, ImageOps
 
 from nstjax.errors import NstjaxError
-from nstjax.image import to_rgb_array, load_image, resize, to_uint8
+from nstjax.image import IMAGE_EXTENSIONS, load_image, resize, to_rgb_array, to_uint8
+
+if TYPE_CHECKING:
+    from nstjax.config import DataConfig
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"}
-)
 _BAD = np.zeros((0, 0, 3), np.uint8)  # marker for an image that could not be read or decoded
 _STATE_VERSION = 1
-
-
-# --------------------------------------------------------------------------- config access
-
-
-def _cfg(cfg: Any, key: str, default: Any = None) -> Any:
-    """Read a field from a DictConfig, dataclass, namespace or dict; missing -> default."""
-    if isinstance(cfg, dict):
-        value = cfg.get(key, default)
-    else:
-        value = getattr(cfg, key, default)
-    return default if value is None else value
-
-
-def _int_setting(cfg: Any, key: str, default: int, minimum: int) -> int:
-    value = _cfg(cfg, key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise NstjaxError(f"data.{key} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 # --------------------------------------------------------------------------- sources
@@ -190,18 +170,37 @@ def tfds_source(tfds_name: str, split: str, data_dir: str | None) -> TfdsImageSo
     return TfdsImageSource(source, f"{tfds_name}:{split}")
 
 
-def make_source(data_cfg: Any) -> FolderSource | TfdsImageSource:
-    """The random-access source named by the `data` config group."""
-    name = _cfg(data_cfg, "name", "folder")
-    if name == "folder":
-        path = _cfg(data_cfg, "path")
-        if not path:
-            raise NstjaxError("data.path is not set: use `data=folder data.path=DIR`")
-        return FolderSource(path)
-    tfds_name = _cfg(data_cfg, "tfds_name")
-    if not tfds_name:
-        raise NstjaxError(f"data.tfds_name is not set for data={name}")
-    return tfds_source(tfds_name, _cfg(data_cfg, "split", "train"), _cfg(data_cfg, "data_dir"))
+Source = Any  # random access: len(source), source[i] -> Encoded
+#: Training data sources by `data.name`: a function of the data config -> a random-access source.
+SOURCES: dict[str, Callable[["DataConfig"], Source]] = {}
+
+
+def register_source(name: str, factory: Callable[["DataConfig"], Source]) -> None:
+    SOURCES[name] = factory
+
+
+def _folder(data: DataConfig) -> FolderSource:
+    if not data.path:
+        raise NstjaxError("data.path is not set: use `data=folder data.path=DIR`")
+    return FolderSource(data.path)
+
+
+def _tfds(data: DataConfig) -> TfdsImageSource:
+    if not data.tfds_name:
+        raise NstjaxError(f"data.tfds_name is not set for data={data.name}")
+    return tfds_source(data.tfds_name, data.split or "train", data.data_dir)
+
+
+register_source("folder", _folder)
+register_source("coco", _tfds)
+
+
+def make_source(data: DataConfig) -> Source:
+    """The random-access source named by `data.name` (any name with a `tfds_name` reads TFDS)."""
+    factory = SOURCES.get(data.name) or (_tfds if data.tfds_name else None)
+    if factory is None:
+        raise NstjaxError(f"unknown data.name {data.name!r}; available: {', '.join(sorted(SOURCES))}")
+    return factory(data)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -404,33 +403,28 @@ class TrainData:
 
 
 def make_dataset(
-    data_cfg: Any, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+    data: DataConfig, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
 ) -> TrainData:
-    """Build the training stream described by the `data` config group.
+    """Build the training stream described by the `data` config.
 
     `process_index`/`process_count` give each host of a multi-host run a disjoint share of the
     source. Same config + seed -> the same batches, for any `data.workers` / `data.threads`.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise NstjaxError(f"batch_size must be a positive integer, got {batch_size!r}")
-    size = _int_setting(data_cfg, "size", 256, 1)
-    workers = _int_setting(data_cfg, "workers", 0, 0)
-    threads = _int_setting(data_cfg, "threads", 4, 0)
-    prefetch = _int_setting(data_cfg, "prefetch", 2, 0)
-    source = make_source(data_cfg)
-
+    source = make_source(data)
     ds = grain.MapDataset.source(source)
     if process_count > 1:
         ds = ds[process_index::process_count]
-    ds = ds.seed(int(seed) % 2**32).shuffle().repeat().random_map(DecodeCropFlip(size))
-    buffer = max(threads, batch_size * max(prefetch, 1))
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer))
-    if workers:
+    ds = ds.seed(int(seed) % 2**32).shuffle().repeat().random_map(DecodeCropFlip(data.size))
+    buffer = max(data.threads, batch_size * max(data.prefetch, 1))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.threads, prefetch_buffer_size=buffer))
+    if data.workers:
         _absl_flags_workaround()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=batch_size))
-    what = str(_cfg(data_cfg, "path") if isinstance(source, FolderSource) else _cfg(data_cfg, "tfds_name"))
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers, per_worker_buffer_size=batch_size))
+    what = str(data.path if isinstance(source, FolderSource) else data.tfds_name)
     ds = GoodBatchDataset(ds, batch_size, give_up_after=2 * len(source) + batch_size, what=what)
-    return TrainData(ds, source, batch_size=int(batch_size), size=size, workers=workers)
+    return TrainData(ds, source, batch_size=int(batch_size), size=data.size, workers=data.workers)
 
 
 def _absl_flags_workaround() -> None:
@@ -440,75 +434,6 @@ def _absl_flags_workaround() -> None:
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-
-
-class DevicePrefetchIterator:
-    """Keeps `size` batches already transferred with ``jax.device_put`` (async), so the
-    host->device copy of the next batches overlaps the current train step.
-
-    ``get_state()`` is the wrapped iterator's state as of the last batch *returned* (not the
-    ones queued ahead), so checkpointing through this wrapper resumes without losing batches.
-    """
-
-    def __init__(self, iterator: Iterable, size: int = 2, sharding: Any = None):
-        if size < 0:
-            raise ValueError(f"prefetch size must be >= 0, got {size}")
-        self._it = iter(iterator)
-        self._size = size
-        self._sharding = sharding
-        self._queue: collections.deque = collections.deque()
-        self._has_state = hasattr(self._it, "get_state")
-        self._state = self._it.get_state() if self._has_state else None
-
-    def _put(self, batch: Any) -> Any:
-        return jax.device_put(batch) if self._sharding is None else jax.device_put(batch, self._sharding)
-
-    def _fill(self, n: int) -> None:
-        while len(self._queue) < n:
-            try:
-                batch = next(self._it)
-            except StopIteration:
-                return
-            state = self._it.get_state() if self._has_state else None
-            self._queue.append((self._put(batch), state))
-
-    def __iter__(self) -> "DevicePrefetchIterator":
-        return self
-
-    def __next__(self) -> Any:
-        self._fill(1)
-        if not self._queue:
-            raise StopIteration
-        batch, self._state = self._queue.popleft()
-        self._fill(self._size)
-        return batch
-
-    def get_state(self) -> Any:
-        if not self._has_state:
-            raise TypeError(f"{type(self._it).__name__} has no get_state()")
-        return self._state
-
-    def set_state(self, state: Any) -> None:
-        self._it.set_state(state)
-        self._queue.clear()
-        self._state = state
-
-    @property
-    def skipped(self) -> int:
-        return getattr(self._it, "skipped", 0)
-
-    def close(self) -> None:
-        self._queue.clear()
-        if hasattr(self._it, "close"):
-            self._it.close()
-
-
-def prefetch_to_device(iterator: Iterable, size: int = 2, sharding: Any = None) -> DevicePrefetchIterator:
-    """Wrap a host batch iterator so `size` batches are on the device ahead of use.
-
-    `sharding` (a ``jax.sharding.Sharding``) places each batch; None means the default device.
-    """
-    return DevicePrefetchIterator(iterator, size, sharding)
 
 
 def load_val_images(path: str | os.PathLike, size: int, limit: int | None = None) -> np.ndarray:
@@ -533,7 +458,7 @@ def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
 
 
 __all__ = [
-    "DevicePrefetchIterator",
+    "SOURCES",
     "FolderSource",
     "TfdsImageSource",
     "TrainData",
@@ -542,6 +467,6 @@ __all__ = [
     "load_val_images",
     "make_dataset",
     "make_source",
-    "prefetch_to_device",
+    "register_source",
 ]
 

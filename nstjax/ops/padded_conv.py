@@ -1,16 +1,11 @@
 """The feed-forward networks' convolution, formulated for the backend it runs on.
 
-The networks reflection-pad and then convolve without padding (VALID). On XLA:CPU that is
-slow in both directions (measured at 256 px, batch 4, 2 cores; ``benchmarks/bench_conv.py``):
+The networks reflection-pad and then convolve without padding (VALID), which XLA:CPU runs
+slowly in both directions (README, "How nstjax got there"). On CPU:
 
-* forward: the same convolution asked for *with* zero padding and cropped back runs 2-20x
-  faster than the VALID one (32->3 channels, 9x9: 77 vs 1575 ms), although it computes a
-  slightly larger output;
-* kernel gradient: XLA's VALID-conv weight gradient runs at 3-5 GFLOP/s; one matrix product
-  per kernel tap (X shifted by the tap, transposed, times dY) summed over row chunks runs 3-5x
-  faster, and one per kernel row (``_row_shift_kernel_grad``) faster still where X has at
-  least as many channels as dY. With few output channels (the 3-channel output layer) XLA's
-  own is faster and is kept.
+* forward: the same convolution asked for *with* zero padding, cropped back;
+* kernel gradient: one matrix product per kernel tap (or per kernel row, where X has at least
+  as many channels as dY), except for few output channels, where XLA's own is faster.
 
 On GPUs cuDNN handles VALID convolutions well, so there the plain convolution is used.
 """
@@ -73,8 +68,8 @@ def _row_shift_kernel_grad(xp: Array, dy: Array, k: int) -> Array:
     With dY zero-padded to X's row pitch and flattened, a column offset j is a shift of dY by
     j along the flat axis (the zero columns absorb the wrap-around), so each row offset i is
     one product of X's rows i..i+oh with [dY shifted by 0..k-1]. That copies X k times rather
-    than k*k; it pays off when X has at least as many channels as dY (the upsampling convs:
-    -30% against the per-tap form), not for 3-channel inputs.
+    than k*k; it pays off when X has at least as many channels as dY (the upsampling convs),
+    not for 3-channel inputs.
     """
     b, oh, ow, cout = dy.shape
     _, _, wp, cin = xp.shape

@@ -1,35 +1,48 @@
-"""Feed-forward stylization networks (Johnson et al. 2016) as Flax NNX modules.
+"""Johnson et al. (2016) image transformation network, as pytorch/examples' TransformerNet.
 
-``TransformerNet`` follows pytorch/examples ``fast_neural_style`` (the variant the field settled
-on): reflection padding instead of zero padding, instance norm instead of batch norm, and
+Reflection padding instead of zero padding, instance norm instead of batch norm, and
 nearest-upsample + conv instead of transposed convs (no checkerboard artifacts).
-
-Adding a network: write an ``nnx.Module`` whose constructor accepts
-``(*, width, num_residual, dtype, rngs)`` keywords (ignore those that do not apply) and maps
-NHWC float images in [0, 1] to the same shape, then add it to ``NETWORKS``.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from nstjax.errors import NstjaxError
-from nstjax.padded_conv import padded_conv
+from nstjax.ops.pad import pad_to_multiple
+from nstjax.ops.padded_conv import padded_conv
 
 Array = jax.Array
 
 #: The spatial size must be divisible by this (two stride-2 downsamples, two x2 upsamples).
 SIZE_MULTIPLE = 4
+DTYPES = ("float32", "bfloat16", "float16")
 
-_DTYPES: dict[str, jnp.dtype] = {
-    "float32": jnp.dtype(jnp.float32),
-    "bfloat16": jnp.dtype(jnp.bfloat16),
-    "float16": jnp.dtype(jnp.float16),
-}
+
+@dataclasses.dataclass
+class JohnsonConfig:
+    """`model=johnson`: conf/model/johnson.yaml."""
+
+    name: str = "johnson"
+    width: float = 1.0  # multiplies every hidden channel count (32/64/128 at 1.0)
+    num_residual: int = 5  # residual blocks at the 1/4-resolution bottleneck
+    dtype: str = "float32"  # compute dtype; params stay float32
+
+    def __post_init__(self) -> None:
+        try:
+            self.width, self.num_residual = float(self.width), int(self.num_residual)
+        except (TypeError, ValueError):
+            raise NstjaxError(f"model.width / model.num_residual must be numbers, got "
+                              f"{self.width!r} / {self.num_residual!r}") from None
+        if not self.width > 0:
+            raise NstjaxError(f"model.width must be > 0, got {self.width}")
+        if self.num_residual < 0:
+            raise NstjaxError(f"model.num_residual must be >= 0, got {self.num_residual}")
+        if self.dtype not in DTYPES:
+            raise NstjaxError(f"model.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
 
 def reflect_pad(x: Array, pad: int) -> Array:
@@ -88,8 +101,8 @@ class ConvLayer(nnx.Module):
         # nnx.Conv holds the parameters; the convolution itself is padded_conv, which picks
         # the formulation that is fast on the backend (see nstjax/padded_conv.py).
         c = self.conv
-        xp, kernel = reflect_pad(x, self.pad), c.kernel.value
-        bias = c.bias.value if c.bias is not None else None
+        xp, kernel = reflect_pad(x, self.pad), c.kernel[...]
+        bias = c.bias[...] if c.bias is not None else None
         if c.dtype is not None:
             xp, kernel = xp.astype(c.dtype), kernel.astype(c.dtype)
             bias = None if bias is None else bias.astype(c.dtype)
@@ -150,26 +163,12 @@ class ResidualBlock(nnx.Module):
 class TransformerNet(nnx.Module):
     """Johnson et al. image transformation network, NHWC, [0, 1] RGB in, raw RGB out.
 
-    Attribute names mirror pytorch/examples ``TransformerNet`` (conv1, in1, ..., deconv3) so
-    that porting a torch state_dict is a rename plus a kernel transpose (OIHW -> HWIO).
-
-    Args:
-      width: multiplier for every hidden channel count (32, 64, 128 at 1.0).
-      num_residual: number of residual blocks at the bottleneck.
-      dtype: compute dtype (e.g. bfloat16 for mixed precision); params are always float32,
-        instance-norm statistics are float32, and the output is float32.
-      rngs: parameter RNGs.
-
-    Initialization: flax defaults (lecun_normal kernels, zero biases, IN scale 1 / bias 0)
-    everywhere except the last conv, whose kernel is lecun_normal scaled by 0.1 in variance and
-    whose bias starts at 0.5. Its input is ReLU(IN(.)) with second moment ~0.5, so the initial
-    output is ~0.5 +- 0.2: inside the [0, 1] image range rather than ~N(0, 0.7) around 0, so
-    content/style losses start in a sane regime and clipping at export is not saturated.
-
-    Parameter count at width 1.0 / 5 blocks: 1,679,235, as pytorch/examples. 2,240 of those
-    get an identically zero gradient and are kept only for parity: every conv bias that feeds
-    an instance norm (its mean subtraction removes a per-channel constant) and each residual
-    block's second IN bias (a constant on the residual stream only reaches such convs).
+    Attribute names mirror pytorch/examples' TransformerNet (conv1, in1, ..., deconv3), so a
+    torch state_dict ports by renaming and transposing kernels (OIHW -> HWIO). `width` scales
+    every hidden channel count; `dtype` is the compute dtype (params, instance-norm statistics
+    and the output stay float32). The last conv starts near zero with bias 0.5, so the first
+    outputs lie inside the image range. Some conv biases feed an instance norm and get a zero
+    gradient; they are kept for parameter parity with pytorch/examples.
     """
 
     def __init__(
@@ -180,9 +179,8 @@ class TransformerNet(nnx.Module):
         dtype: jnp.dtype | None = jnp.float32,
         rngs: nnx.Rngs,
     ) -> None:
-        # Non-partitionable threefry only changes which random numbers init draws: with the
-        # default (partitionable) scheme XLA:CPU takes seconds to compile the RNG for each new
-        # kernel shape (measured 5-10x slower init), and init is not sharded here anyway.
+        # Non-partitionable threefry: XLA:CPU compiles the partitionable RNG slowly for every
+        # kernel shape, and init is not sharded anyway (only which numbers are drawn changes).
         with jax.threefry_partitionable(False):
             self._build(width, num_residual, dtype, rngs)
 
@@ -218,23 +216,12 @@ class TransformerNet(nnx.Module):
     def __call__(self, x: Array) -> Array:
         """Stylize a (B, H, W, 3) batch; any H, W >= 1; returns float32 of the same shape.
 
-        Why pad to a multiple of 4: a reflect-padded stride-2 conv maps H to ceil(H/2), so after
-        two of them and two x2 upsamples the decoder returns 4 * ceil(H/4) rows, not H. Padding
-        the input first makes every stage exactly H/2, H/4 (the geometry the net is trained
-        at), lets the <= 3 extra rows/cols be split between both borders instead of all
-        appearing at the bottom/right, and the crop then removes exactly what was added.
-        Reflection keeps the padded strip image-like, so instance-norm statistics barely move.
+        The input is reflect-padded to a multiple of 4 first, so every stage is exactly H/2,
+        H/4 (the geometry the net trains at), and the crop removes exactly what was added.
         """
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected an NHWC RGB batch (B, H, W, 3), got shape {x.shape}")
-        _, h, w, _ = x.shape
-        ph, pw = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
-        top, left = ph // 2, pw // 2
-        if ph or pw:
-            pads = ((0, 0), (top, ph - top), (left, pw - left), (0, 0))
-            # jnp.pad "reflect" also handles pads wider than the image (it reflects repeatedly,
-            # a 1-pixel image just repeats), so tiny inputs work too.
-            x = jnp.pad(x, pads, mode="reflect")
+        x, crop = pad_to_multiple(x, SIZE_MULTIPLE, jnp)
         if self.dtype is not None:
             x = x.astype(self.dtype)
 
@@ -246,51 +233,8 @@ class TransformerNet(nnx.Module):
         y = nnx.relu(self.in4(self.deconv1(y)))
         y = nnx.relu(self.in5(self.deconv2(y)))
         y = self.deconv3(y)
-        return y[:, top : top + h, left : left + w, :].astype(jnp.float32)
+        return crop(y).astype(jnp.float32)
 
 
-#: Registry of feed-forward networks by config ``model.name``.
-NETWORKS: dict[str, Callable[..., nnx.Module]] = {"johnson": TransformerNet}
-
-
-def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
-    """Read a field from a Mapping (dict, OmegaConf DictConfig) or an attribute object."""
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
-def parse_dtype(name: str) -> jnp.dtype:
-    """Config dtype string -> jnp dtype, with a one-line error for typos."""
-    try:
-        return _DTYPES[str(name)]
-    except KeyError:
-        raise NstjaxError(f"model.dtype must be one of {sorted(_DTYPES)}, got {name!r}") from None
-
-
-def build_network(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
-    """Build the network named by ``model_cfg.name`` (fields: name, width, num_residual, dtype)."""
-    name = _cfg_get(model_cfg, "name", None)
-    if name not in NETWORKS:
-        raise NstjaxError(f"unknown model.name {name!r}; available: {', '.join(sorted(NETWORKS))}")
-    width = float(_cfg_get(model_cfg, "width", 1.0))
-    if not width > 0:
-        raise NstjaxError(f"model.width must be > 0, got {width}")
-    num_residual = int(_cfg_get(model_cfg, "num_residual", 5))
-    if num_residual < 0:
-        raise NstjaxError(f"model.num_residual must be >= 0, got {num_residual}")
-    dtype = parse_dtype(_cfg_get(model_cfg, "dtype", "float32"))
-    factory = NETWORKS[name]
-
-    # Construct under jit: all initializers become one XLA program instead of one eager
-    # compile per kernel shape (about 2x faster to build on CPU). Values are the same.
-    @nnx.jit
-    def construct(rngs: nnx.Rngs) -> nnx.Module:
-        return factory(width=width, num_residual=num_residual, dtype=dtype, rngs=rngs)
-
-    return construct(rngs)
-
-
-def count_params(model: nnx.Module) -> int:
-    """Total number of trainable parameter elements."""
-    return sum(int(p.size) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+def build(cfg: JohnsonConfig, rngs: nnx.Rngs) -> TransformerNet:
+    return TransformerNet(width=cfg.width, num_residual=cfg.num_residual, dtype=jnp.dtype(cfg.dtype), rngs=rngs)

@@ -1,0 +1,369 @@
+"""The config schema: one typed dataclass per config node, checked once at the boundary.
+
+`conf/` (Hydra YAML, shipped as `nstjax.conf`) holds every value; the dataclasses here hold
+the types (Hydra refuses `steps=abc` while composing) and the value checks (`__post_init__`,
+run when `load` turns a composed config into these objects). Library code receives these
+typed objects, never a raw config. Registered in Hydra's ConfigStore as `<name>_schema` and
+used as the first entry of each primary config's defaults list.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, List, Optional, TypeVar
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nstjax.errors import NstjaxError
+
+T = TypeVar("T")
+CONFIG_MODULE = "nstjax.conf"
+OUTPUT_IMAGE_HINT = "use an image extension such as .png or .jpg"
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _positive(value: float, setting: str, minimum: float = 1) -> None:
+    if value < minimum:
+        raise NstjaxError(f"{setting} must be >= {minimum}, got {value}")
+
+
+def _one_of(value: str, setting: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise NstjaxError(f"{setting}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def _finite(value: float, setting: str) -> None:
+    if not math.isfinite(value):
+        raise NstjaxError(f"{setting} must be a finite number, got {value}")
+
+
+def as_list(value: Any) -> list:
+    """A scalar or a list setting as a list (`style.image=a.jpg` or `style.image=[a.jpg,b.jpg]`)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+# --------------------------------------------------------------------------- shared groups
+
+
+@dataclass
+class StyleConfig:
+    name: str = MISSING
+    image: Any = MISSING  # one path/asset name, or a list of them
+    blend_weights: Optional[List[float]] = None
+
+    def __post_init__(self) -> None:
+        self.image = [str(p) for p in as_list(self.image)]
+        if not self.image:
+            raise NstjaxError("style.image: no style image given")
+
+
+@dataclass
+class LossConfig:
+    """Perceptual loss: layers, per-layer weights, and `<term>_weight` per term of
+    `nstjax.losses.TERMS` (a new term adds one such field)."""
+
+    content_layers: List[str] = MISSING
+    content_layer_weights: Optional[List[float]] = None
+    style_layers: List[str] = MISSING
+    style_layer_weights: Optional[List[float]] = None
+    content_weight: float = MISSING
+    style_weight: float = MISSING
+    tv_weight: float = MISSING
+
+    def perceptual(self):  # -> nstjax.perceptual.PerceptualLoss (validates layers and weights)
+        from nstjax.perceptual import PerceptualLoss
+
+        return PerceptualLoss.from_config(self)
+
+
+@dataclass
+class TrainLossConfig(LossConfig):
+    style_size: Optional[int] = None  # style image long side for the Gram targets (None: as is)
+
+    def __post_init__(self) -> None:
+        if self.style_size is not None:
+            _positive(self.style_size, "loss.style_size")
+
+
+VGG_POOLING = ("max", "avg")
+VGG_CONV_IMPLS = ("auto", "xla", "flipped", "winograd")
+
+
+@dataclass
+class VggConfig:
+    weights: Optional[str] = None
+    pooling: str = MISSING
+    conv_impl: str = MISSING
+
+    def __post_init__(self) -> None:
+        _one_of(self.pooling, "vgg.pooling", VGG_POOLING)
+        _one_of(self.conv_impl, "vgg.conv_impl", VGG_CONV_IMPLS)
+
+
+@dataclass
+class RuntimeConfig:
+    compilation_cache: Optional[str] = None
+    cache_min_compile_seconds: float = MISSING
+    host_malloc_cache: bool = MISSING
+    gpu_triton_gemm: Optional[bool] = None
+
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class WandbConfig:
+    mode: str = MISSING
+    project: str = "nstjax"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _one_of(self.mode, "wandb.mode", WANDB_MODES)
+
+
+# --------------------------------------------------------------------------- stylize
+
+
+@dataclass
+class ContentConfig:
+    image: str = MISSING
+
+
+COLOR_MODES = ("none", "luminance", "histogram")
+
+
+@dataclass
+class StylizeConfig:
+    content: ContentConfig = MISSING
+    style: StyleConfig = MISSING
+    output: str = MISSING
+    size: int = MISSING
+    pyramid: List[int] = MISSING
+    steps: Any = MISSING  # an int, or one per pyramid level
+    optimizer: str = MISSING
+    lr: float = MISSING
+    lbfgs_memory: int = MISSING
+    init: str = MISSING
+    seed: int = MISSING
+    style_scale: float = MISSING
+    color: str = MISSING
+    log_every: int = MISSING
+    image_every: int = MISSING
+    loss: LossConfig = MISSING
+    vgg: VggConfig = MISSING
+    runtime: RuntimeConfig = MISSING
+    wandb: WandbConfig = MISSING
+    assets_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        from nstjax.image import OUTPUT_EXTENSIONS
+
+        if not any(self.output.lower().endswith(e) for e in OUTPUT_EXTENSIONS):
+            raise NstjaxError(f"output {self.output!r}: {OUTPUT_IMAGE_HINT}")
+        _one_of(self.color, "color", COLOR_MODES)
+        steps = as_list(self.steps)
+        if not steps or not all(isinstance(s, int) and not isinstance(s, bool) for s in steps):
+            raise NstjaxError(f"steps: expected an integer or a list of integers, got {self.steps!r}")
+        self.steps = self.steps if isinstance(self.steps, int) else steps
+        _positive(self.image_every, "image_every", 0)
+
+    def gatys(self):  # -> nstjax.gatys.GatysSettings, validated
+        from nstjax.gatys import GatysSettings
+
+        s = GatysSettings(loss=self.loss.perceptual(), optimizer=self.optimizer, lr=self.lr,
+                          lbfgs_memory=self.lbfgs_memory, steps=0, log_every=self.log_every)
+        s.validate()
+        return s
+
+
+# --------------------------------------------------------------------------- train
+
+
+@dataclass
+class DataConfig:
+    """A training data source (`data=folder` or `data=coco`; `nstjax.training.data.SOURCES`)."""
+
+    name: str = MISSING
+    path: Optional[str] = None
+    tfds_name: Optional[str] = None
+    split: Optional[str] = None
+    data_dir: Optional[str] = None
+    val_path: str = MISSING
+    size: int = MISSING
+    workers: int = 0
+    threads: int = 4
+    prefetch: int = 2
+
+    def __post_init__(self) -> None:
+        for key, minimum in (("size", 1), ("workers", 0), ("threads", 0), ("prefetch", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise NstjaxError(f"data.{key} must be an integer >= {minimum}, got {value!r}")
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class TrainLoopConfig:
+    steps: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    lr_schedule: str = MISSING
+    warmup: int = MISSING
+    clip_norm: Optional[float] = None
+    seed: int = MISSING
+    log_every: int = MISSING
+    sample_every: int = MISSING
+    samples: int = MISSING
+    save_every: int = MISSING
+    keep_last: int = MISSING
+    ckpt_dir: str = MISSING
+    resume: bool = MISSING
+    async_checkpoint: bool = MISSING
+
+    def __post_init__(self) -> None:
+        _positive(self.steps, "train.steps")
+        _positive(self.batch_size, "train.batch_size")
+        if not self.lr > 0:
+            raise NstjaxError(f"train.lr must be > 0, got {self.lr}")
+        _finite(self.lr, "train.lr")
+        _one_of(self.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
+        for key in ("warmup", "log_every", "save_every", "sample_every"):
+            _positive(getattr(self, key), f"train.{key}", 0)
+        _positive(self.samples, "train.samples")
+        _positive(self.keep_last, "train.keep_last")
+
+
+@dataclass
+class TrainConfig:
+    run_name: str = MISSING
+    style: StyleConfig = MISSING
+    model: Any = MISSING  # the network's own config, checked by its registry entry (nstjax.networks)
+    data: DataConfig = MISSING
+    loss: TrainLossConfig = MISSING
+    train: TrainLoopConfig = MISSING
+    vgg: VggConfig = MISSING
+    runtime: RuntimeConfig = MISSING
+    wandb: WandbConfig = MISSING
+    assets_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        from nstjax.networks import model_config
+
+        self.model = model_config(self.model)
+
+
+# --------------------------------------------------------------------------- export / infer
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: Optional[str] = None
+    step: Optional[int] = None
+    output: Optional[str] = None
+    format: str = MISSING
+    platforms: Optional[List[str]] = None
+    runtime: RuntimeConfig = MISSING
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise NstjaxError("checkpoint: not set; pass checkpoint=runs/<run_name>/checkpoints")
+        if not self.output:
+            raise NstjaxError("output: not set; pass output=NAME.nstjax.npz")
+        if self.platforms is not None:
+            self.platforms = [str(p).lower() for p in self.platforms] or None
+            bad = [p for p in self.platforms or [] if p not in ("cpu", "cuda", "rocm", "tpu")]
+            if bad:
+                raise NstjaxError(f"platforms: unknown {bad}; choose from cpu, cuda, rocm, tpu")
+
+
+INFER_COLOR_MODES = ("none", "luminance")
+
+
+@dataclass
+class InferConfig:
+    model_path: Optional[str] = None
+    step: Optional[int] = None
+    input: Optional[str] = None
+    output: Optional[str] = None
+    size: Optional[int] = None
+    batch: int = MISSING
+    color: str = MISSING
+    fps: Optional[float] = None
+    stablehlo: bool = MISSING
+    runtime: Optional[RuntimeConfig] = None
+
+    def __post_init__(self) -> None:
+        for key, hint in (("model_path", "an artifact from nstjax.export or runs/<run_name>/checkpoints"),
+                          ("input", "an image, a directory, an animated GIF or a video"),
+                          ("output", "an image file, a directory, or an animation/video file")):
+            if getattr(self, key) in (None, ""):
+                raise NstjaxError(f"{key}: not set; pass {key}=PATH ({hint})")
+        if self.size is not None and self.size < 1:
+            raise NstjaxError(f"size: expected a positive long side in pixels or null, got {self.size!r}")
+        if self.batch < 1:
+            raise NstjaxError(f"batch: expected a positive integer, got {self.batch!r}")
+        _one_of(self.color, "color", INFER_COLOR_MODES)
+        if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
+            raise NstjaxError(f"fps: expected a positive number or null, got {self.fps!r}")
+
+
+SCHEMAS: dict[str, type] = {"stylize": StylizeConfig, "train": TrainConfig, "export": ExportConfig,
+                            "infer": InferConfig}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def register() -> None:
+    """Put the schemas in Hydra's ConfigStore (idempotent); the YAML files name them."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for name, schema in SCHEMAS.items():
+        cs.store(name=f"{name}_schema", node=schema)
+
+
+def _flat(e: BaseException) -> str:
+    msg = getattr(e, "msg", None) or str(e)
+    return " ".join(line.strip() for line in str(msg).splitlines() if line.strip())
+
+
+def load(schema: type[T], values: Mapping[str, Any] | DictConfig) -> T:
+    """Composed (or plain) config values -> the checked, typed `schema` object.
+
+    Wrong types, missing values and bad values all become one NstjaxError line.
+    """
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]  # runs __post_init__ checks
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise NstjaxError(f"{key}: {_flat(e)}" if key else _flat(e)) from None
+
+
+def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose a config as the CLIs do (for tests, notebooks and the README's examples).
+
+    Interpolations that need a running Hydra job (`${hydra:...}`) stay unresolved.
+    """
+    from hydra import compose as hydra_compose, initialize_config_module
+
+    register()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def to_dict(settings: Any) -> dict[str, Any]:
+    """A settings object as plain JSON-able data (what checkpoints, artifacts and W&B store)."""
+    return dataclasses.asdict(settings)

@@ -1,0 +1,1 @@
+"""Low-level array operations: fast convolution forms for XLA:CPU and padding helpers."""

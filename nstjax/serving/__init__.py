@@ -1,0 +1,1 @@
+"""Serving trained networks: the artifact format, export formats, loading, media I/O."""

@@ -1,0 +1,75 @@
+"""`nstjax.infer`'s job: stylize an image, a folder, an animation or a video with a network."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nstjax.config import InferConfig
+from nstjax.serving.media import DEFAULT_FPS, VideoWriter, check_output, open_source, output_name, save_animation
+from nstjax.serving.stream import RunStats, stylize_stream
+
+
+def run_infer(cfg: InferConfig) -> dict[str, Any]:
+    import jax
+
+    from nstjax import color as colorlib
+    from nstjax.image import save_image
+    from nstjax.serving.loading import load_stylizer
+
+    src = open_source(str(cfg.input), cfg.size)
+    out = Path(str(cfg.output)).expanduser()
+    target = check_output(src, Path(str(cfg.input)).expanduser(), out)
+    stylizer = load_stylizer(str(cfg.model_path), step=cfg.step, use_compiled_format=cfg.stablehlo)
+
+    stats = RunStats()
+    written: list[str] = []
+    collected: list[np.ndarray] = []
+    video = None
+    if target == "video":
+        # Animation durations are only known once read, so GIF -> video uses fps or the default.
+        video = VideoWriter(out, float(cfg.fps or src.fps or DEFAULT_FPS))
+    ok = False
+    try:
+        for key, content, y in stylize_stream(stylizer, src.frames(), batch=cfg.batch, stats=stats):
+            y = np.clip(y, 0.0, 1.0)
+            if cfg.color == "luminance":
+                y = colorlib.transfer_luminance(y, content)
+            if target == "image":
+                written.append(str(save_image(y, out)))
+            elif target == "dir":
+                written.append(str(save_image(y, out / output_name(key, src.kind))))
+            elif video is not None:
+                video.append(y)
+            else:
+                collected.append(y)
+        ok = True
+    finally:
+        if video is not None:
+            video.close(ok)
+    if target == "anim":
+        durations = src.durations or []
+        if len(durations) != len(collected):  # a frame directory or video: fps (default 10) per frame
+            durations = [round(1000.0 / float(cfg.fps or src.fps or DEFAULT_FPS))] * len(collected)
+        # A GIF that played once stays so; animations made from frames or a video loop.
+        save_animation(collected, out, durations, src.loop if src.kind == "animation" else 0)
+        written.append(str(out))
+    elif target == "video":
+        written.append(str(out))
+    dev = jax.devices()[0]
+    return {
+        "output": str(out),
+        "written": written,
+        "input_kind": src.kind,
+        "images": stats.images,
+        "shapes": sorted(list(s) for s in stats.shapes),
+        "compiles": len(stylizer.compile_seconds),
+        "compile_seconds": float(sum(stylizer.compile_seconds.values())),
+        "ms_per_image": stats.ms_per_image,
+        "batch": cfg.batch,
+        "backend": stylizer.backend,
+        "model": stylizer.model,
+        "device": f"{dev.platform}:{dev.device_kind}",
+        "durations": list(src.durations) if target == "anim" and src.durations else None,
+    }

@@ -1,0 +1,88 @@
+"""Open a trained network from an artifact file or a training checkpoint directory."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nstjax import trees
+from nstjax.errors import NstjaxError
+from nstjax.serving.artifact import read_artifact
+from nstjax.serving.stylizer import Stylizer, runner_for
+
+CHECKPOINT_HINT = "was it written by a different nstjax version?"
+ARTIFACT_HINT = "the file is corrupt or was written by another nstjax version"
+
+
+def load_source(path: str | os.PathLike, step: int | None,
+                what: str) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    """(flat params, model config, source info incl. the training config) from a checkpoint
+    directory (or a run directory holding `checkpoints/`) or an artifact file."""
+    p = Path(str(path)).expanduser()
+    if not p.exists():
+        raise NstjaxError(
+            f"{what} {str(path)!r} does not exist: expected a training checkpoint directory "
+            "(runs/<run_name>/checkpoints) or an exported .npz artifact")
+    if p.is_dir():
+        from nstjax.serving.checkpoints import load_params_for_inference
+
+        if (p / "checkpoints").is_dir() and not any(c.name.isdigit() for c in p.iterdir()):
+            p = p / "checkpoints"  # a run directory runs/<run_name>
+        params, config, got = load_params_for_inference(p, step)
+        model = config.get("model") if isinstance(config, Mapping) else None
+        if not isinstance(model, Mapping) or "name" not in model:
+            raise NstjaxError(f"checkpoint {p} has no model config (expected model.name in its config)")
+        source = {"checkpoint": str(p.absolute()), "step": got, "config": config}
+        return trees.flatten(params), dict(model), source
+    if step is not None:
+        raise NstjaxError(f"step={step} only applies to checkpoint directories; {str(p)!r} is a file")
+    params, meta, _ = read_artifact(p)
+    src = dict(meta.get("source") or {})
+    return params, dict(meta["model"]), {**src, "artifact": str(p.absolute()), "config": meta.get("config")}
+
+
+def load_artifact(path: str | os.PathLike, *, use_compiled_format: bool = True) -> Stylizer:
+    """An artifact file -> Stylizer. Its format's own loader runs it (e.g. the serialized
+    StableHLO function) unless `use_compiled_format=False`, which rebuilds the flax network."""
+    from nstjax.serving.formats import FORMATS
+
+    p = Path(str(path)).expanduser()
+    params, meta, payloads = read_artifact(p)
+    kind = meta.get("kind")
+    if kind not in FORMATS:
+        raise NstjaxError(f"model artifact {str(p)!r}: unknown kind {kind!r}; known: {', '.join(FORMATS)}")
+    fmt = FORMATS[kind]
+    if fmt.load is not None and use_compiled_format:
+        return fmt.load(params, meta, payloads, p)
+    where = f"model artifact {str(p)!r}"
+    runner = runner_for(meta["model"])
+    runner.check(params, where, ARTIFACT_HINT)
+    return Stylizer(runner.apply, params, meta=meta, backend="params", cache=runner.executables)
+
+
+def load_stylizer(path: str | os.PathLike, *, step: int | None = None, use_compiled_format: bool = True) -> Stylizer:
+    """Any artifact or training checkpoint directory -> a callable `Stylizer`.
+
+        stylize = nstjax.load_stylizer("mosaic.nstjax.npz")
+        out = stylize(photo)          # (H, W, 3) or (B, H, W, 3) float32 in [0, 1]
+    """
+    p = Path(str(path)).expanduser()
+    if p.is_dir():
+        params, model_cfg, src = load_source(p, step, "model_path")
+        where = f"checkpoint {p}"
+        runner = runner_for(model_cfg)
+        runner.check(params, where, CHECKPOINT_HINT)
+        src.pop("config", None)
+        meta = {"kind": "checkpoint", "model": model_cfg, "source": src}
+        return Stylizer(runner.apply, {n: params[n] for n in runner.names}, meta=meta, backend="params",
+                        cache=runner.executables)
+    if not p.exists():
+        raise NstjaxError(
+            f"model_path {str(path)!r} does not exist: expected an exported artifact "
+            "(python -m nstjax.export) or a checkpoint directory (runs/<run_name>/checkpoints)")
+    if step is not None:
+        raise NstjaxError(f"step={step} only applies to checkpoint directories; {str(p)!r} is a file")
+    return load_artifact(p, use_compiled_format=use_compiled_format)

@@ -1,0 +1,220 @@
+"""Inference inputs and outputs: images, folders, animations and videos, read and written.
+
+Inputs are frame iterators (key, float32 HxWx3 in [0, 1]); every output file is written
+atomically (`nstjax.atomic.AtomicPath`): a stopped run never leaves a half-written file.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nstjax.atomic import AtomicPath
+from nstjax.errors import NstjaxError
+from nstjax.image import IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS
+
+VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+ANIM_EXTS = (".gif", ".webp", ".png", ".apng")  # Pillow writes all of these with save_all=True
+DEFAULT_FPS = 10.0
+IMAGEIO_HINT = ("install it with `pip install 'imageio[ffmpeg]'`, or extract the frames to a directory "
+                "(ffmpeg -i IN frames/%05d.png) and pass input=frames/")
+
+
+def _natural_key(p: Path) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+
+
+def _imageio(what: str) -> Any:
+    """imageio's v2 API with its FFMPEG plugin (what `pip install 'imageio[ffmpeg]'` provides)."""
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401  (the plugin's ffmpeg binary)
+    except ImportError:
+        raise NstjaxError(
+            f"{what}: video files need imageio with ffmpeg, which is not installed; {IMAGEIO_HINT}"
+        ) from None
+    # imageio runs ffmpeg with subprocess (fork + immediate exec), which is safe; JAX's
+    # "os.fork() was called" warning would only be noise here.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    return imageio
+
+
+# --------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass
+class Source:
+    kind: str  # image | folder | animation | video
+    frames: Callable[[], Iterator[tuple[Any, np.ndarray]]]  # (key, float32 HxWx3 in [0,1])
+    count: int | None
+    durations: list[int] | None = None  # animation: ms per frame
+    loop: int | None = None
+    fps: float | None = None
+
+
+def _prep(img: np.ndarray, size: int | None) -> np.ndarray:
+    from nstjax.image import fit_size, resize
+
+    return img if size is None else resize(img, fit_size(img.shape[:2], size))
+
+
+def _open_animation(path: Path) -> tuple[int, int | None] | None:
+    """(frames, loop) if ``path`` is a multi-frame image, else None."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            n = int(getattr(im, "n_frames", 1))
+            return (n, im.info.get("loop")) if n > 1 else None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise NstjaxError(f"input {str(path)!r}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def _animation_frames(path: Path, size: int | None, durations: list[int]) -> Iterator[tuple[Any, np.ndarray]]:
+    from PIL import Image, ImageSequence
+
+    from nstjax.image import to_rgb_array
+
+    try:
+        with Image.open(path) as im:
+            for i, frame in enumerate(ImageSequence.Iterator(im)):
+                durations.append(int(frame.info.get("duration", im.info.get("duration", 100)) or 0))
+                yield i, _prep(to_rgb_array(frame.copy()), size)
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise NstjaxError(f"input {str(path)!r}: cannot decode animation frame ({e})") from None
+
+
+def open_source(path: str, size: int | None) -> Source:
+    from nstjax.image import load_image
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise NstjaxError(f"input {path!r}: file or directory not found")
+    if p.is_dir():
+        files = sorted((f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                        and not f.name.startswith(".")), key=_natural_key)
+        if not files:
+            raise NstjaxError(f"input {path!r}: directory has no image files")
+        return Source("folder", lambda: ((f, _prep(load_image(f, what="input"), size)) for f in files),
+                      len(files))
+    suffix = p.suffix.lower()
+    if suffix in VIDEO_EXTS:
+        iio = _imageio(f"input {path!r}")
+        try:
+            reader = iio.get_reader(str(p), format="FFMPEG")
+            fps = reader.get_meta_data().get("fps")
+        except Exception as e:
+            raise NstjaxError(f"input {path!r}: cannot read video ({type(e).__name__}: {e})") from None
+
+        def video_frames() -> Iterator[tuple[Any, np.ndarray]]:
+            try:
+                for i, frame in enumerate(reader):
+                    a = np.asarray(frame)
+                    a = a[..., :3] if a.ndim == 3 else np.repeat(a[..., None], 3, axis=-1)
+                    yield i, _prep(a.astype(np.float32) / 255.0, size)
+            except Exception as e:
+                raise NstjaxError(f"input {path!r}: cannot decode video ({type(e).__name__}: {e})") from None
+            finally:
+                reader.close()
+
+        return Source("video", video_frames, None, fps=float(fps) if fps else None)
+    if suffix not in IMAGE_EXTENSIONS:
+        raise NstjaxError(
+            f"input {path!r}: unknown extension {p.suffix or '(none)'!r}; expected an image, an animated "
+            f"GIF/WebP/PNG, a video ({', '.join(VIDEO_EXTS)}) or a directory of images/frames"
+        )
+    anim = _open_animation(p)
+    if anim is None:
+        return Source("image", lambda: iter([(p, _prep(load_image(p, what="input"), size))]), 1)
+    n, loop = anim
+    durations: list[int] = []
+    return Source("animation", lambda: _animation_frames(p, size, durations), n,
+                  durations=durations, loop=loop)
+
+
+# --------------------------------------------------------------------------------------
+# Outputs
+
+
+def output_name(key: Any, kind: str) -> str:
+    """File name of one result in an output directory: the input's name, or frame_NNNNN.png."""
+    if kind in ("image", "folder"):
+        name = Path(key).name
+        return name if Path(name).suffix.lower() in OUTPUT_EXTENSIONS else Path(name).stem + ".png"  # .gif, .ppm
+    return f"frame_{int(key):05d}.png"
+
+
+def save_animation(frames: list[np.ndarray], path: Path, durations: list[int], loop: int | None) -> None:
+    from PIL import Image
+
+    from nstjax.image import to_uint8
+
+    ims = [Image.fromarray(to_uint8(f)) for f in frames]
+    kw: dict[str, Any] = {"save_all": True, "append_images": ims[1:], "duration": list(durations)}
+    fmt = {".gif": "GIF", ".webp": "WEBP", ".png": "PNG", ".apng": "PNG"}[path.suffix.lower()]
+    if fmt == "WEBP":
+        kw["lossless"] = False
+        kw["quality"] = 90
+    if loop is not None or fmt != "GIF":
+        kw["loop"] = 0 if loop is None else int(loop)
+    with AtomicPath(path, suffix=path.suffix) as tmp:
+        ims[0].save(tmp, format=fmt, **kw)
+
+
+class VideoWriter:
+    """Streams frames into a video via imageio/ffmpeg; the file appears (renamed) on close()."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        iio = _imageio(f"output {str(path)!r}")
+        self.target = AtomicPath(path, suffix=path.suffix)
+        # macro_block_size=2: even sides for yuv420p, no resizing to multiples of 16.
+        self.writer = iio.get_writer(str(self.target.tmp), format="FFMPEG", fps=fps, macro_block_size=2)
+
+    def append(self, frame: np.ndarray) -> None:
+        from nstjax.image import to_uint8
+
+        self.writer.append_data(to_uint8(frame))
+
+    def close(self, ok: bool) -> None:
+        try:
+            self.writer.close()
+        except BaseException:
+            self.target.abort()
+            raise
+        if ok:
+            self.target.commit()
+        else:
+            self.target.abort()
+
+
+def check_output(src: Source, inp: Path, out: Path) -> str:
+    """Where results go: 'image' file, 'dir' (one file per input), 'anim' or 'video' file."""
+    suffix = out.suffix.lower()
+    if out.exists() and out.resolve() == inp.resolve():
+        raise NstjaxError(f"output {str(out)!r} is the input; choose another path so the input is not overwritten")
+    if src.kind == "image":
+        if out.is_dir() or not suffix:
+            return "dir"
+        if suffix not in OUTPUT_EXTENSIONS:
+            raise NstjaxError(f"output {str(out)!r}: unknown image extension (use .png or .jpg)")
+        return "image"
+    if out.is_dir() or not suffix:
+        return "dir"
+    if suffix in VIDEO_EXTS:
+        _imageio(f"output {str(out)!r}")
+        return "video"
+    # For a folder, out.png most likely means a mistake, not an APNG: ask for .apng explicitly.
+    anim = ANIM_EXTS if src.kind != "folder" else tuple(e for e in ANIM_EXTS if e != ".png")
+    if suffix in anim:
+        return "anim"
+    raise NstjaxError(
+        f"output {str(out)!r}: for {src.kind} input give a directory (one image per "
+        f"{'file' if src.kind == 'folder' else 'frame'}), an animation ({', '.join(anim)}) or a video "
+        f"({', '.join(VIDEO_EXTS)})"
+    )

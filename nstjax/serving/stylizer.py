@@ -1,0 +1,137 @@
+"""A loaded network as a callable: `Stylizer(images) -> images`, one executable per shape."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from nstjax import trees
+from nstjax.errors import NstjaxError
+from nstjax.ops.pad import Crop, pad_to_multiple, padded_size
+
+
+class NetworkRunner:
+    """The graph of a network built abstractly (no init compute) from its model config.
+
+    Shared per model config (`runner_for`), together with its compiled executables, so loading
+    the same network twice in one process (checkpoint, then artifact) compiles once.
+    """
+
+    def __init__(self, model_cfg: Any) -> None:
+        import jax
+        from flax import nnx
+
+        from nstjax.networks import NETWORKS, build_network, model_config
+
+        self.config = model_config(model_cfg)
+        self.size_multiple = NETWORKS[self.config.name].size_multiple
+        abstract = nnx.eval_shape(lambda: build_network(self.config, rngs=nnx.Rngs(0)))
+        self.graphdef, state = nnx.split(abstract, nnx.Param)
+        flat = trees.flatten(state, drop_variable_value=True)
+        self.names = list(flat)
+        self.specs = flat
+        self.treedef = jax.tree.structure(state)
+        self.executables: dict[tuple[int, ...], Any] = {}
+
+    def check(self, flat: Mapping[str, Any], where: str, hint: str) -> None:
+        problems = trees.mismatches(self.specs, flat, have_name=where, want_name=f"model {self.config.name}",
+                                    check_dtype=True)
+        if problems:
+            raise NstjaxError(f"{where}: params do not match the model: {trees.summarise(problems)}; {hint}")
+
+    def apply(self, flat: Mapping[str, Any], x: Any) -> Any:
+        """Pure function of (flat params, NHWC batch): the network's forward pass."""
+        import jax
+        from flax import nnx
+
+        state = jax.tree.unflatten(self.treedef, [flat[n] for n in self.names])
+        return nnx.merge(self.graphdef, state)(x)
+
+
+_RUNNERS: dict[str, NetworkRunner] = {}
+
+
+def runner_for(model_cfg: Any) -> NetworkRunner:
+    import dataclasses
+
+    from nstjax.networks import model_config
+
+    cfg = model_config(model_cfg)
+    key = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    if key not in _RUNNERS:
+        _RUNNERS[key] = NetworkRunner(cfg)
+    return _RUNNERS[key]
+
+
+class Stylizer:
+    """A loaded network: `stylizer(images)` maps (B, H, W, 3) or (H, W, 3) float32 in [0, 1]
+    to the raw float32 network output of the same shape (not clipped, as the model returns it).
+
+    One XLA executable per input shape, compiled on first use and cached (`compile_seconds`
+    records how long each took); `compile` compiles ahead of timing. With `pad_multiple`, the
+    function takes sides that are multiples of it (an exported function with symbolic sides)
+    and the Stylizer reflect-pads on the host and crops back, as the network does itself.
+    """
+
+    def __init__(self, fn: Callable, params: Mapping[str, Any], *, meta: dict[str, Any], backend: str,
+                 pad_multiple: int = 1, min_padded_side: int = 1,
+                 cache: dict[tuple[int, ...], Any] | None = None) -> None:
+        import jax
+
+        self._fn = jax.jit(fn)
+        self._params = jax.device_put(dict(params))
+        self._param_spec = {n: jax.ShapeDtypeStruct(v.shape, v.dtype) for n, v in self._params.items()}
+        self._cache: dict[tuple[int, ...], Any] = {} if cache is None else cache
+        self.compile_seconds: dict[tuple[int, ...], float] = {}
+        self.meta = meta
+        self.backend = backend  # the artifact kind that runs: "params" (rebuilt flax model), "stablehlo", ...
+        self.pad_multiple = pad_multiple
+        self.min_padded_side = min_padded_side
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return dict(self.meta.get("model", {}))
+
+    def device_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape the executable sees for an input batch shape (after host padding)."""
+        b, h, w, c = shape
+        return (b, padded_size(h, self.pad_multiple), padded_size(w, self.pad_multiple), c)
+
+    def is_compiled(self, shape: tuple[int, ...]) -> bool:
+        return self.device_shape(tuple(int(s) for s in shape)) in self._cache
+
+    def compile(self, shape: tuple[int, ...]) -> Any:
+        import jax
+
+        key = self.device_shape(tuple(int(s) for s in shape))
+        exe = self._cache.get(key)
+        if exe is None:
+            if min(key[1:3]) < self.min_padded_side:
+                raise NstjaxError(
+                    f"image {shape[1]}x{shape[2]} is too small for the {self.backend} artifact (both sides "
+                    f"must be >= {self.min_padded_side - self.pad_multiple + 1} px); use a larger size= "
+                    "or a params artifact")
+            t0 = time.perf_counter()
+            exe = self._fn.lower(self._param_spec, jax.ShapeDtypeStruct(key, np.float32)).compile()
+            self.compile_seconds[key] = time.perf_counter() - t0
+            self._cache[key] = exe
+        return exe
+
+    def __call__(self, images: Any) -> np.ndarray:
+        x = np.asarray(images, dtype=np.float32)
+        single = x.ndim == 3
+        if single:
+            x = x[None]
+        if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] < 1 or x.shape[2] < 1:
+            raise NstjaxError(f"expected images of shape (B, H, W, 3) or (H, W, 3), got {x.shape}")
+        exe = self.compile(x.shape)
+        crop: Crop | None = None
+        if self.pad_multiple > 1:
+            x, crop = pad_to_multiple(x, self.pad_multiple)
+        y = np.asarray(exe(self._params, x))
+        if crop is not None:
+            y = crop(y)
+        return y[0] if single else y

@@ -1,0 +1,1 @@
+"""Feed-forward training: data, the sharded train step, checkpoints, signals, the loop."""

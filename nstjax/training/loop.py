@@ -1,0 +1,152 @@
+"""The training run behind `python -m nstjax.train`: data, model, loss, loop, checkpoints, logs."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nstjax.atomic import write_json_atomic
+from nstjax.config import TrainConfig, to_dict
+from nstjax.errors import NstjaxError
+
+
+def sample_grid(photos: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+    """Two rows: validation photos above their stylizations, (2H, N*W, 3)."""
+    return np.concatenate([np.concatenate(list(photos), 1), np.concatenate(list(outputs), 1)], 0)
+
+
+def load_styles(cfg: TrainConfig) -> list[np.ndarray]:
+    from nstjax import assets
+    from nstjax.image import fit_size, load_image, resize
+
+    styles = []
+    for p in cfg.style.image:
+        img = load_image(assets.resolve(p, assets=cfg.assets_dir, what="style.image"), what="style.image")
+        if cfg.loss.style_size:
+            img = resize(img, fit_size(img.shape[:2], cfg.loss.style_size))
+        styles.append(img)
+    return styles
+
+
+def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
+    import jax
+    from flax import nnx
+    from tqdm import tqdm
+
+    from nstjax.image import save_image
+    from nstjax.networks import build_network, parse_dtype
+    from nstjax.perceptual import Encoder
+    from nstjax.tracking import Tracker
+    from nstjax.training.checkpoint import Checkpointer
+    from nstjax.training.data import load_val_images, make_dataset
+    from nstjax.training.prefetch import prefetch_to_device
+    from nstjax.training.signals import GracefulStop
+    from nstjax.training.trainer import Trainer, check_batch, make_mesh, make_optimizer
+    from nstjax.vgg import load_vgg19
+
+    run_dir = Path(run_dir)
+    t = cfg.train
+    steps, batch_size = t.steps, t.batch_size
+    mesh = make_mesh()
+    n_dev = mesh.devices.size
+    check_batch(batch_size, n_dev)
+    loss = cfg.loss.perceptual()
+    styles = load_styles(cfg)
+
+    # Data first: a missing dataset should fail before anything slow happens.
+    data = make_dataset(cfg.data, batch_size=batch_size, seed=t.seed)
+    val = load_val_images(cfg.data.val_path, cfg.data.size, limit=t.samples)
+    val = val[: max(n_dev, len(val) // n_dev * n_dev)]
+
+    vgg = load_vgg19(cfg.vgg.weights, pooling=cfg.vgg.pooling, dtype=parse_dtype(cfg.model.dtype),
+                     assets_dir=cfg.assets_dir, conv_impl=cfg.vgg.conv_impl)
+    model = build_network(cfg.model, rngs=nnx.Rngs(t.seed))
+    tx, schedule = make_optimizer(t.lr, steps, t.lr_schedule, t.warmup, t.clip_norm or None)
+    encoder = Encoder(vgg, loss.layers)
+    grams = loss.style_targets(encoder, styles, cfg.style.blend_weights or None)
+    trainer = Trainer(model, encoder, loss, tx, grams, mesh)
+
+    host_it = iter(data)
+    it = prefetch_to_device(host_it, size=cfg.data.prefetch, sharding=trainer.data_sharding)
+    val_dev = trainer.put_batch(val)
+    config = to_dict(cfg)
+    ckpt = Checkpointer(t.ckpt_dir, save_every=t.save_every, keep_last=t.keep_last,
+                        keep_best=True, best_metric="val_loss", async_save=t.async_checkpoint,
+                        discard_existing=not t.resume)
+    rng = jax.random.key(t.seed)
+    start = 0
+    if t.resume:
+        restored = ckpt.restore_latest(jax.eval_shape(lambda: trainer.state(rng)))
+        if restored is not None:
+            trainer.load_state(restored.state)
+            rng = restored.state["rng"]
+            it.set_state(restored.data_state)
+            start = restored.step
+            print(f"resumed from {t.ckpt_dir} at step {start}")
+    tracker = Tracker(cfg.wandb, job="train", run_dir=run_dir, config=config)
+    samples_dir = run_dir / "samples"
+    photo_style = trainer.photo_style_loss(val_dev)
+
+    def save_samples(step: int) -> dict[str, float]:
+        out = trainer.stylize(val)
+        grid = sample_grid(val, out)
+        save_image(grid, samples_dir / f"step_{step:06d}.jpg")
+        tracker.log_images({"samples": grid}, step=step)
+        return trainer.evaluate(val_dev)
+
+    bar = tqdm(total=steps, initial=start, desc=f"train {cfg.run_name}", unit="step", dynamic_ncols=True)
+    log_every = t.log_every or steps
+    last_t, last_step = time.perf_counter(), start
+    summary: dict[str, Any] = {}
+    step = start
+    logged_ips: list[float] = []  # throughput of every log interval (the first includes compilation)
+    loop_t0 = time.perf_counter()
+    try:
+        with GracefulStop() as stop:
+            for step in range(start + 1, steps + 1):
+                terms = trainer.step(next(it))
+                if step % log_every == 0 or step == steps:
+                    vals = {k: float(v) for k, v in jax.device_get(terms).items()}  # the only sync
+                    now = time.perf_counter()
+                    ips = (step - last_step) * batch_size / (now - last_t)
+                    last_t, last_step = now, step
+                    logged_ips.append(ips)
+                    tracker.log({**{f"loss/{k}": v for k, v in vals.items() if k != "grad_norm"},
+                                 "grad_norm": vals["grad_norm"], "images_per_sec": ips,
+                                 "lr": float(schedule(step)), "data/skipped": it.skipped}, step=step)
+                    bar.set_postfix(loss=f"{vals['total']:.4g}", style=f"{vals['style']:.3g}",
+                                    img_s=f"{ips:.1f}")
+                    if not np.isfinite(vals["total"]):
+                        raise NstjaxError(f"training diverged at step {step} (loss {vals['total']}): "
+                                          "lower train.lr or the loss weights")
+                bar.update(step - bar.n)
+                if t.sample_every and step % t.sample_every == 0:
+                    tracker.log({f"val/{k}": v for k, v in save_samples(step).items()}, step=step)
+                if ckpt.should_save(step) or step == steps or stop.requested:
+                    val_terms = trainer.evaluate(val_dev)
+                    ckpt.save(step, trainer.state(rng), data_state=it.get_state(), config=config,
+                              metrics={"val_loss": val_terms["total"]}, force=True)
+                if stop.requested:
+                    print(f"\nstopped by {stop.signal_name} at step {step}; checkpoint saved to {t.ckpt_dir}")
+                    break
+        ckpt.wait()
+        train_seconds = time.perf_counter() - loop_t0
+        steady = sorted(logged_ips[1:] or logged_ips)
+        final = save_samples(step)
+        summary = {"step": step, "val": final, "val_photo_style_loss": photo_style,
+                   "style_loss_reduction": photo_style / max(final["style"], 1e-30),
+                   "devices": n_dev, "device": jax.devices()[0].device_kind,
+                   "data_skipped": it.skipped, "ckpt_dir": str(t.ckpt_dir),
+                   "train_seconds": train_seconds, "steps_this_run": step - start,
+                   "images_per_sec_median": steady[len(steady) // 2] if steady else None}
+        write_json_atomic(summary, run_dir / "summary.json")
+        tracker.summary({k: v for k, v in summary.items() if k != "val"}
+                        | {f"val/{k}": v for k, v in final.items()})
+    finally:
+        bar.close()
+        ckpt.close()
+        it.close()
+        tracker.finish()
+    return summary
