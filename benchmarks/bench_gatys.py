@@ -134,8 +134,8 @@ def main() -> None:
                     run([args.torch_python, "benchmarks/torch_ref.py", "gatys", "--device", args.torch_device,
                          "--content", str(c), "--style", str(s),
                          "--steps", str(args.steps), "--warmup", str(args.warmup), "--optimizer", args.optimizer,
-                         "--lr", str(args.lr), "--content-weight", str(WEIGHTS["content_weight"]),
-                         "--style-weight", str(WEIGHTS["style_weight"]), "--tv-weight", str(WEIGHTS["tv_weight"]),
+                         "--lr", str(args.lr), "--content-weight", str(WEIGHTS["content"]),
+                         "--style-weight", str(WEIGHTS["style"]), "--tv-weight", str(WEIGHTS["tv"]),
                          "--memory-format", args.torch_variants, "--out", str(to)],
                         env={**os.environ, **HOST_MALLOC_ENV} if args.malloc == "retain" else None)
                     one["torch"] = json.loads(to.read_text())

@@ -25,6 +25,7 @@ from nstjax.losses import Features
 from nstjax.vgg import VGG19, check_layers, frozen_kernels, layer_order
 
 NEURAL_STYLE_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+ALWAYS_REPORTED = ("content", "style", "tv")  # evaluated even at weight 0 (reports, baselines)
 
 
 class Targets(NamedTuple):
@@ -58,8 +59,11 @@ class PerceptualLoss:
     def from_config(cls, cfg: Any) -> PerceptualLoss:
         """From a `loss` config: layer lists, optional per-layer weights, and `<term>_weight`
         for every registered term the config has (so a new term needs one config field)."""
-        weights = {name: float(getattr(cfg, f"{name}_weight")) for name in losses.TERMS
-                   if getattr(cfg, f"{name}_weight", None) is not None}
+        weights = {}
+        for name in losses.TERMS:
+            w = getattr(cfg, f"{name}_weight", None)
+            if w is not None and (w != 0 or name in ALWAYS_REPORTED):  # a zero extra term costs nothing
+                weights[name] = float(w)
         return cls(content_layers=layer_weights(cfg.content_layers, cfg.content_layer_weights,
                                                 "loss.content_layer_weights"),
                    style_layers=layer_weights(cfg.style_layers, cfg.style_layer_weights,
@@ -105,7 +109,7 @@ class PerceptualLoss:
         t = losses.TermInputs(image=image, feats=feats, content_targets=targets.content,
                               style_grams=targets.style, content_layers=self.content_layers,
                               style_layers=self.style_layers)
-        names = [n for n in losses.TERMS if n in self.weights or n in ("content", "style", "tv")]
+        names = [n for n in losses.TERMS if n in self.weights or n in ALWAYS_REPORTED]
         out = {name: losses.TERMS[name](t) for name in names}
         out["total"] = sum(float(self.weights[n]) * out[n] for n in names if n in self.weights)
         return out
