@@ -99,7 +99,7 @@ class ConvLayer(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         # nnx.Conv holds the parameters; the convolution itself is padded_conv, which picks
-        # the formulation that is fast on the backend (see nstjax/padded_conv.py).
+        # the formulation that is fast on the backend (see nstjax/ops/padded_conv.py).
         c = self.conv
         xp, kernel = reflect_pad(x, self.pad), c.kernel[...]
         bias = c.bias[...] if c.bias is not None else None
