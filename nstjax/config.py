@@ -211,6 +211,7 @@ class DataConfig:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+NONFINITE_POLICIES = ("skip", "rollback", "stop")
 
 
 @dataclass
@@ -230,6 +231,8 @@ class TrainLoopConfig:
     ckpt_dir: str = MISSING
     resume: bool = MISSING
     async_checkpoint: bool = MISSING
+    nonfinite: str = MISSING  # skip | rollback | stop
+
 
     def __post_init__(self) -> None:
         _positive(self.steps, "train.steps")
@@ -238,6 +241,7 @@ class TrainLoopConfig:
             raise NstjaxError(f"train.lr must be > 0, got {self.lr}")
         _finite(self.lr, "train.lr")
         _one_of(self.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
+        _one_of(self.nonfinite, "train.nonfinite", NONFINITE_POLICIES)
         for key in ("warmup", "log_every", "save_every", "sample_every"):
             _positive(getattr(self, key), f"train.{key}", 0)
         _positive(self.samples, "train.samples")

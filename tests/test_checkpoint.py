@@ -190,7 +190,8 @@ def assert_one_line_error(exc: pytest.ExceptionInfo[NstjaxError], path: Path) ->
     msg = str(exc.value)
     assert "\n" not in msg
     assert str(path) in msg
-    assert "train.resume=false" in msg and "train.ckpt_dir" in msg
+    # It says what to do, and never suggests deleting checkpoints (train.resume=false would).
+    assert "train.ckpt_dir" in msg and "train.resume=false" not in msg and "delet" not in msg
 
 
 def test_garbage_step_dir_is_one_line_error(tmp_path: Path) -> None:
@@ -214,6 +215,27 @@ def test_corrupted_array_files_are_one_line_error(tmp_path: Path) -> None:
         with pytest.raises(NstjaxError) as exc:
             ckpt.restore_latest(abstract(state))
     assert_one_line_error(exc, tmp_path / "1")
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_newest_good_one(tmp_path: Path, caplog) -> None:
+    with Checkpointer(tmp_path, save_every=1, keep_last=5) as ckpt:
+        for step in (1, 2, 3):
+            ckpt.save(step, {"w": jnp.full(4, float(step))}, data_state={"i": step}, config={}, metrics={})
+    for step in (3, 2):  # the two newest: truncated array files, then a missing state item
+        files = [f for f in (tmp_path / str(step) / "state").rglob("*") if f.is_file()]
+        if step == 3:
+            for f in files:
+                f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 3])
+        else:
+            shutil.rmtree(tmp_path / str(step) / "state")
+    with caplog.at_level("WARNING", logger="nstjax.training.checkpoint"):
+        with Checkpointer(tmp_path, save_every=1) as ckpt:
+            got = ckpt.restore_latest(abstract({"w": jnp.zeros(4)}))
+    assert got is not None and got.step == 1 and got.data_state == {"i": 1}
+    np.testing.assert_array_equal(np.asarray(got.state["w"]), np.ones(4))
+    warned = [r.getMessage() for r in caplog.records if "trying the one before it" in r.getMessage()]
+    assert len(warned) == 2 and "step 3 " in warned[0] and "step 2 " in warned[1]
+    assert step_dirs(tmp_path) >= {"1", "2", "3"}  # nothing was deleted
 
 
 def test_incompatible_model_is_one_line_error(tmp_path: Path) -> None:

@@ -107,8 +107,8 @@ def test_new_data_source_feeds_the_pipeline(ns, photos, tmp_path):
     assert data.num_examples == 6
     it = iter(data)
     try:
-        batches = [next(it) for _ in range(6)]  # two epochs: the missing file is met twice
+        batches = [next(it) for _ in range(6)]  # 12 good images: two epochs and part of a third
     finally:
         it.close()
     assert all(b.shape == (2, 32, 32, 3) and b.std() > 0.05 for b in batches)
-    assert data.skipped == 2
+    assert data.skipped in (2, 3)  # the missing file, once per epoch started

@@ -108,3 +108,71 @@ def test_bad_training_input(tmp_path, assets):
     _one_line_error(run_train([*TINY, f"train.ckpt_dir={ck}"], tmp_path, assets), str(ck))
     r = run_train([*TINY, "style=nonexistent_style"], tmp_path, assets)
     assert r.returncode != 0 and "nonexistent_style" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigterm_checkpoints_exits_143_and_the_same_command_resumes(tmp_path, assets):
+    """Preemption on the real trainer: checkpoint, one clear line, 128+SIGTERM, no summary."""
+    import signal
+    import time
+
+    args = [*TINY, "train.steps=40", "train.save_every=2", "train.sample_every=0", "run_name=p"]
+    env = dict(os.environ, NSTJAX_ASSETS=str(assets), WANDB_MODE="offline", NPROC="8")
+    ck = tmp_path / "runs" / "p" / "checkpoints"
+    proc = subprocess.Popen([sys.executable, "-m", "nstjax.train", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (ck / "2").is_dir() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, "training ended before it could be preempted"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err
+    last = [ln for ln in err.strip().splitlines() if ln.strip()][-1]
+    assert last.startswith("nstjax: stopped by SIGTERM at step") and "resume" in last, last
+    stopped_at = int(last.split("at step ")[1].split(";")[0])
+    assert 2 <= stopped_at < 40
+    assert str(stopped_at) in {p.name for p in ck.iterdir()}  # the checkpoint of the step it stopped at
+    run = tmp_path / "runs" / "p"
+    assert not (run / "summary.json").exists() and not (run / "samples").exists()  # no work after the signal
+    r = run_train(args, tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"at step {stopped_at}" in r.stdout and json.loads((run / "summary.json").read_text())["step"] == 40
+
+
+def test_nonfinite_step_is_skipped_on_the_device(assets, photos):
+    """A NaN in the batch: the update is skipped inside the compiled step, the flag says so."""
+    import jax
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from nstjax.image import load_resized
+    from nstjax.networks import build_network
+    from nstjax.perceptual import Encoder, PerceptualLoss
+    from nstjax.training.data import load_val_images
+    from nstjax.training.trainer import Trainer, make_mesh
+    from nstjax.vgg import load_vgg19
+
+    vgg = load_vgg19(assets_dir=str(assets))
+    loss = PerceptualLoss({"relu2_2": 1.0}, {"relu1_1": 1.0, "relu2_1": 1.0}, {"content": 1.0, "style": 10.0, "tv": 1e-5})
+    encoder = Encoder(vgg, loss.layers)
+    grams = loss.style_targets(encoder, [load_resized(assets / "data/styles/mosaic.jpg", 48)])
+    model = build_network({"name": "johnson", "width": 0.125, "num_residual": 1}, rngs=nnx.Rngs(0))
+    tr = Trainer(model, encoder, loss, optax.adam(1e-3), grams, make_mesh(jax.devices()[:1]))
+    good = load_val_images(photos / "val", 32, limit=2)
+    bad = good.copy()
+    bad[0, 5, 5, 1] = np.nan
+    before = jax.tree.map(np.asarray, tr.params)
+    t = tr.step(tr.put_batch(bad))
+    assert int(t["nonfinite"]) == 1 and not np.isfinite(float(t["total"]))
+    after = jax.tree.map(np.asarray, tr.params)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+    assert tr.params_finite()
+    t = tr.step(tr.put_batch(good))
+    assert int(t["nonfinite"]) == 0
+    moved = jax.tree.map(np.asarray, tr.params)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(moved)))

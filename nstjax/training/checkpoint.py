@@ -43,10 +43,12 @@ log = logging.getLogger(__name__)
 STATE_ITEM = "state"
 META_ITEM = "meta"
 FORMAT_VERSION = 1
-RESUME_HINT = (
-    "set train.resume=false to start over (discarding its checkpoints), "
-    "or point train.ckpt_dir at another directory"
-)
+# Never suggests deleting anything: a user's checkpoints are the most expensive files here.
+RESUME_HINT = "point train.ckpt_dir at another directory to start a new run beside this one"
+
+
+class UnreadableCheckpoint(NstjaxError):
+    """One step's checkpoint cannot be read (corrupt, truncated, incomplete)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,10 +376,19 @@ class Checkpointer:
         ``template_state`` (a ShapeDtypeStruct tree, e.g. from ``jax.eval_shape``, or a
         concrete state) fixes the structure, dtypes and shardings of the result.
         """
-        step = self.latest_step()
-        if step is None:
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
             return None
-        return self.restore(step, template_state)
+        unreadable: list[str] = []
+        for step in steps:  # newest first; a corrupt one falls back to the one before it
+            try:
+                return self.restore(step, template_state)
+            except UnreadableCheckpoint as e:
+                unreadable.append(f"{self.directory / str(step)}: {e.why}")
+                log.warning("checkpoint step %d (%s): %s; trying the one before it", step,
+                            self.directory / str(step), e.why)
+        raise NstjaxError(f"cannot resume: no readable checkpoint ("
+                          f"{trees.summarise(unreadable)}); {RESUME_HINT}")
 
     def restore(self, step: int, template_state: Any) -> Restored:
         """Restore a given step; any problem becomes one NstjaxError line naming the dir."""
@@ -385,7 +396,8 @@ class Checkpointer:
         step_dir = self.directory / str(step)
 
         def fail(why: str, cause: BaseException | None = None) -> NstjaxError:
-            err = NstjaxError(f"cannot resume from checkpoint {step_dir}: {why}; {RESUME_HINT}")
+            err = UnreadableCheckpoint(f"cannot resume from checkpoint {step_dir}: {why}; {RESUME_HINT}")
+            err.why = why
             err.__cause__ = cause
             return err
 
@@ -397,8 +409,9 @@ class Checkpointer:
         if stored is None or getattr(stored, "tree", None) is None:
             raise fail("it is incomplete or not an nstjax checkpoint (no readable 'state' item)")
         problems = mismatches(template_state, stored.tree)
-        if problems:
-            raise fail(f"it does not match the current model: {trees.summarise(problems)}")
+        if problems:  # not corrupt: every step of this run would differ the same way
+            raise NstjaxError(f"cannot resume from checkpoint {step_dir}: it does not match the current model: "
+                              f"{trees.summarise(problems)}; {RESUME_HINT}")
         args = ocp.args.Composite(
             **{
                 STATE_ITEM: ocp.args.StandardRestore(restore_target(template_state)),

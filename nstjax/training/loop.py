@@ -1,6 +1,8 @@
 """The training run behind `python -m nstjax.train`: data, model, loss, loop, checkpoints, logs."""
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,8 @@ import numpy as np
 from nstjax.atomic import write_json_atomic
 from nstjax.config import TrainConfig, to_dict
 from nstjax.errors import NstjaxError
+
+log = logging.getLogger(__name__)
 
 
 def sample_grid(photos: np.ndarray, outputs: np.ndarray) -> np.ndarray:
@@ -102,51 +106,83 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     step = start
     logged_ips: list[float] = []  # throughput of every log interval (the first includes compilation)
+    flags: list[tuple[int, Any]] = []  # (step, device flag: its update was skipped as non-finite)
+    nonfinite = 0
+
+    def handle_nonfinite(bad: list[int], step: int) -> None:
+        """Steps whose loss or gradient was not finite had their update skipped on the device."""
+        what = f"non-finite loss or gradient at {len(bad)} step(s) up to step {step} (first: {bad[0]})"
+        if t.nonfinite == "stop":
+            raise NstjaxError(f"training stopped: {what}; lower train.lr or the loss weights, or set "
+                              "train.nonfinite=skip")
+        if t.nonfinite == "rollback":
+            restored = ckpt.restore_latest(jax.eval_shape(lambda: trainer.state(rng)))
+            if restored is not None:
+                trainer.load_state(restored.state)
+                log.warning("%s: rolled back to checkpoint step %d (the data stream goes on)", what, restored.step)
+                return
+        log.warning("%s: those updates were skipped", what)
     loop_t0 = time.perf_counter()
     try:
         with GracefulStop() as stop:
             for step in range(start + 1, steps + 1):
                 terms = trainer.step(next(it))
+                flags.append((step, terms["nonfinite"]))  # stays on the device until the log step
                 if step % log_every == 0 or step == steps:
                     vals = {k: float(v) for k, v in jax.device_get(terms).items()}  # the only sync
+                    logged_steps, logged_flags = zip(*flags)
+                    bad = [s for s, f in zip(logged_steps, jax.device_get(list(logged_flags))) if f]
+                    flags.clear()
+                    nonfinite += len(bad)
+                    if bad:
+                        handle_nonfinite(bad, step)
                     now = time.perf_counter()
                     ips = (step - last_step) * batch_size / (now - last_t)
                     last_t, last_step = now, step
                     logged_ips.append(ips)
                     tracker.log({**{f"loss/{k}": v for k, v in vals.items() if k != "grad_norm"},
                                  "grad_norm": vals["grad_norm"], "images_per_sec": ips,
-                                 "lr": float(schedule(step)), "data/skipped": it.skipped}, step=step)
+                                 "lr": float(schedule(step)), "data/skipped": it.skipped,
+                                 "nonfinite_steps": nonfinite}, step=step)
                     bar.set_postfix(loss=f"{vals['total']:.4g}", style=f"{vals['style']:.3g}",
                                     img_s=f"{ips:.1f}")
-                    if not np.isfinite(vals["total"]):
-                        raise NstjaxError(f"training diverged at step {step} (loss {vals['total']}): "
-                                          "lower train.lr or the loss weights")
                 bar.update(step - bar.n)
                 if t.sample_every and step % t.sample_every == 0:
                     tracker.log({f"val/{k}": v for k, v in save_samples(step).items()}, step=step)
-                if ckpt.should_save(step) or step == steps or stop.requested:
+                if (ckpt.should_save(step) or step == steps or stop.requested) and trainer.params_finite():
                     val_terms = trainer.evaluate(val_dev)
                     ckpt.save(step, trainer.state(rng), data_state=it.get_state(), config=config,
                               metrics={"val_loss": val_terms["total"]}, force=True)
                 if stop.requested:
-                    print(f"\nstopped by {stop.signal_name} at step {step}; checkpoint saved to {t.ckpt_dir}")
                     break
         ckpt.wait()
+        if stop.requested:  # preempted: the checkpoint is all that matters; no samples, no summary
+            bar.close()
+            print(f"nstjax: stopped by {stop.signal_name} at step {step}; checkpoint saved in {t.ckpt_dir}; "
+                  "run the same command to resume", file=sys.stderr, flush=True)
+            raise SystemExit(stop.exit_status)
         train_seconds = time.perf_counter() - loop_t0
         steady = sorted(logged_ips[1:] or logged_ips)
         final = save_samples(step)
         summary = {"step": step, "val": final, "val_photo_style_loss": photo_style,
                    "style_loss_reduction": photo_style / max(final["style"], 1e-30),
                    "devices": n_dev, "device": jax.devices()[0].device_kind,
-                   "data_skipped": it.skipped, "ckpt_dir": str(t.ckpt_dir),
+                   "data_skipped": it.skipped, "nonfinite_steps": nonfinite, "ckpt_dir": str(t.ckpt_dir),
                    "train_seconds": train_seconds, "steps_this_run": step - start,
                    "images_per_sec_median": steady[len(steady) // 2] if steady else None}
         write_json_atomic(summary, run_dir / "summary.json")
         tracker.summary({k: v for k, v in summary.items() if k != "val"}
                         | {f"val/{k}": v for k, v in final.items()})
-    finally:
-        bar.close()
-        ckpt.close()
-        it.close()
-        tracker.finish()
+    except BaseException:
+        # Already failing: closing must not replace the real error with a secondary one.
+        for close in (bar.close, ckpt.close, it.close, tracker.finish):
+            try:
+                close()
+            except Exception as e:  # noqa: BLE001
+                log.warning("while stopping: %s: %s", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        raise
+    bar.close()
+    ckpt.close()
+    it.close()
+    tracker.finish()
     return summary

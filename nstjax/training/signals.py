@@ -20,13 +20,20 @@ class GracefulStop:
         self.signals = tuple(signals)
         self.requested = False
         self.signal_name: str | None = None
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
         self.signal_name = signal.Signals(signum).name
+
+    @property
+    def exit_status(self) -> int:
+        """What a shell reports for a process ended by the signal (128 + N: 143 for SIGTERM)."""
+        return 128 + (self.signum or 0)
 
     def __enter__(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():

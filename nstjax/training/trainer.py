@@ -100,10 +100,16 @@ class Trainer:
             return t["total"], t
 
         (_, terms), grads = jax.value_and_grad(f, has_aux=True)(params)
-        updates, opt_state = self.tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        terms["grad_norm"] = optax.global_norm(grads)
-        return params, opt_state, terms
+        grad_norm = optax.global_norm(grads)
+        # A non-finite loss or gradient skips the update on the device: no host sync per step,
+        # and the parameters (hence every checkpoint) stay finite.
+        finite = jnp.isfinite(terms["total"]) & jnp.isfinite(grad_norm)
+        updates, new_opt_state = self.tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        terms["grad_norm"] = grad_norm
+        terms["nonfinite"] = jnp.logical_not(finite).astype(jnp.int32)
+        return keep(new_params, params), keep(new_opt_state, opt_state), terms
 
     def _eval_terms(self, params, x, consts):
         return self._terms(params, x, consts)
@@ -130,6 +136,15 @@ class Trainer:
         self.params = jax.device_put(state["params"], self.repl)
         self.opt_state = jax.device_put(state["opt_state"], self.repl)
 
+    def params_finite(self) -> bool:
+        """Whether every parameter is finite (one host sync: for checkpoint time, not per step)."""
+        return bool(jax.device_get(_all_finite(self.params)))
+
     def photo_style_loss(self, batch: jax.Array) -> float:
         """Style loss of the photos themselves (no network): the baseline a stylizer must beat."""
         return float(self._photo_style(batch, self.consts)["style"])
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
