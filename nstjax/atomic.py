@@ -68,6 +68,19 @@ class AtomicPath:
             self.abort()
 
 
+def check_writable(path: str | os.PathLike, what: str, *, directory: bool = False) -> None:
+    """Fail now, in one line, if `path` (a file, or files in a `directory`) could not be
+    written: before hours of work, not after."""
+    from nstjax.errors import NstjaxError
+
+    if directory and Path(path).exists() and not Path(path).is_dir():
+        raise NstjaxError(f"{what} {str(path)!r}: is a file, not a directory")
+    try:
+        AtomicPath(Path(path) / ".write-test" if directory else path).abort()
+    except OSError as e:
+        raise NstjaxError(f"{what} {str(path)!r}: cannot write there ({e.strerror or e})") from None
+
+
 def write_bytes_atomic(data: bytes, path: str | os.PathLike, *, fsync: bool = False) -> Path:
     target = AtomicPath(path, fsync=fsync)
     with target as tmp:

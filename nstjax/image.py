@@ -11,7 +11,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from nstjax.atomic import write_bytes_atomic
 from nstjax.errors import NstjaxError
 
-Image.MAX_IMAGE_PIXELS = 1 << 28  # large art scans are fine; decompression bombs are not
+#: Pixel budget of one decoded image (a 1 MB PNG can hold 400 MP); $NSTJAX_MAX_PIXELS overrides it.
+MAX_PIXELS = int(os.environ.get("NSTJAX_MAX_PIXELS", 1 << 27))
+Image.MAX_IMAGE_PIXELS = None  # the budget above is checked before decoding, with a clear message
 
 #: Files that count as images when a folder is read (training photos, inference inputs).
 IMAGE_EXTENSIONS = frozenset(
@@ -45,7 +47,11 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
 
 
 def load_image(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
-    """Read an image file as (H, W, 3) float32 RGB in [0, 1], honouring EXIF orientation."""
+    """Read an image file as (H, W, 3) float32 RGB in [0, 1], honouring EXIF orientation.
+
+    Images over `MAX_PIXELS` are refused before decoding. Whatever the bytes are, the only
+    error is a one-line NstjaxError.
+    """
     p = Path(path)
     if not p.exists():
         raise NstjaxError(f"{what} {str(path)!r}: file not found")
@@ -53,16 +59,29 @@ def load_image(path: str | os.PathLike, *, what: str = "image") -> np.ndarray:
         raise NstjaxError(f"{what} {str(path)!r}: is a directory, expected an image file")
     try:
         with Image.open(p) as im:
+            check_pixels(im.size, f"{what} {str(path)!r}")
             im.load()
             im = ImageOps.exif_transpose(im)
             arr = to_rgb_array(im)
+    except NstjaxError:
+        raise
     except UnidentifiedImageError:
         raise NstjaxError(f"{what} {str(path)!r}: not a readable image (unknown format or corrupt)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise NstjaxError(f"{what} {str(path)!r}: cannot decode image ({e})") from None
+    except MemoryError:
+        raise NstjaxError(f"{what} {str(path)!r}: not enough memory to decode it") from None
+    except Exception as e:  # Pillow's decoders raise many types for damaged files
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NstjaxError(f"{what} {str(path)!r}: cannot decode image ({detail})") from None
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise NstjaxError(f"{what} {str(path)!r}: image is empty")
     return arr
+
+
+def check_pixels(size: tuple[int, int], what: str) -> None:
+    w, h = size
+    if w * h > MAX_PIXELS:
+        raise NstjaxError(f"{what}: {w}x{h} is {w * h / 1e6:.0f} MP, over the {MAX_PIXELS / 1e6:.0f} MP budget "
+                          "(set NSTJAX_MAX_PIXELS to allow it, or downscale it first)")
 
 
 def fit_size(hw: tuple[int, int], long_side: int) -> tuple[int, int]:

@@ -48,6 +48,13 @@ def check_layers(layers: Iterable[str], setting: str = "layers") -> None:
             raise NstjaxError(f"{setting}: unknown VGG-19 layer {name!r} (use conv1_1..relu5_4 or pool1..pool4)")
 
 
+def min_input_side(layers: Iterable[str]) -> int:
+    """Smallest image side whose features reach every layer in `layers` (each pool halves it)."""
+    order = layer_order()
+    deepest = max(order.index(n) for n in layers)
+    return 2 ** sum(1 for n in order[:deepest] if n.startswith("pool"))
+
+
 def preprocess(rgb01: jax.Array) -> jax.Array:
     """[0, 1] RGB -> Caffe input (0..255 BGR minus the ImageNet mean)."""
     return rgb01[..., ::-1] * 255.0 - jnp.asarray(CAFFE_MEAN_BGR)

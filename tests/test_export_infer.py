@@ -120,10 +120,11 @@ def test_infer_directory_with_luminance(setup, tmp_path):
     for f, name in zip(setup["files"], names):
         Image.open(f).save(src / name)
     (src / "notes.txt").write_text("not an image")
+    (src / "broken.jpg").write_bytes(setup["files"][0].read_bytes()[:300])  # unreadable: skipped, counted
     out = tmp_path / "out"
     r = run_infer(_cfg(model_path=str(setup["artifact"]), input=str(src), output=str(out), color="luminance"))
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
-    assert r["images"] == 2 and r["shapes"] == [[2, SIZE, SIZE, 3]]
+    assert r["images"] == 2 and r["shapes"] == [[2, SIZE, SIZE, 3]] and r["skipped"] == 1
     for i, name in enumerate(names):
         want = color.transfer_luminance(np.clip(setup["ref"][i], 0, 1), setup["content"][i])
         assert np.abs(_png(out / name) - to_uint8(want)).max() <= 1

@@ -85,3 +85,27 @@ def test_unknown_style_is_reported_by_name(tmp_path, assets):
     assert r.returncode != 0
     assert "picasso_blue" in r.stderr and "Traceback" not in r.stderr
     assert "mosaic" in r.stderr  # Hydra lists the available styles
+
+
+def test_unwritable_output_fails_before_the_optimization(tmp_path, assets):
+    import time
+
+    t0 = time.perf_counter()
+    r = run_cli(["size=512", "steps=500", "wandb=disabled", "output=/proc/nstjax_out/x.png"], tmp_path, assets)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("nstjax: error: output"), r.stderr[-1500:]
+    assert "/proc/nstjax_out/x.png" in lines[0]
+    assert time.perf_counter() - t0 < 60  # 500 steps at 512 px would take minutes
+
+
+def test_images_too_small_for_the_loss_layers_are_refused_by_name(tmp_path, assets):
+    from PIL import Image
+    import numpy as np
+
+    for name, shape in (("pano.png", (200, 4000, 3)), ("tall.png", (2000, 2, 3))):
+        Image.fromarray(np.full(shape, 128, np.uint8)).save(tmp_path / name)
+        r = run_cli([f"content.image={tmp_path / name}", "size=256", "wandb=disabled", f"output={tmp_path}/o.png"],
+                    tmp_path, assets)
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1, r.stderr[-1500:]
+        assert "content.image" in lines[0] and ">= 16 px" in lines[0], lines[0]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from nstjax.atomic import write_json_atomic
+from nstjax.atomic import check_writable, write_json_atomic
 from nstjax.config import StylizeConfig, to_dict
 
 
@@ -17,12 +17,13 @@ def run_stylize(cfg: StylizeConfig, run_dir: str | Path = "outputs/stylize") -> 
     from tqdm import tqdm
 
     from nstjax import assets, color
-    from nstjax.gatys.optimizer import make_levels, stylize_pyramid
+    from nstjax.gatys.optimizer import check_pyramid, make_levels, stylize_pyramid
     from nstjax.image import load_image, resize, save_image
     from nstjax.tracking import Tracker
     from nstjax.vgg import load_vgg19
 
     out = Path(cfg.output)
+    check_writable(out, "output")
     levels = make_levels(cfg.size, cfg.pyramid, cfg.steps)
     settings = cfg.gatys()
 
@@ -35,6 +36,7 @@ def run_stylize(cfg: StylizeConfig, run_dir: str | Path = "outputs/stylize") -> 
     if cfg.color == "histogram":
         styles = [color.match_color_histogram(s, content) for s in styles]
 
+    check_pyramid(settings.loss, content, styles, levels, cfg.style_scale)  # before anything slow
     vgg = load_vgg19(cfg.vgg.weights, pooling=cfg.vgg.pooling, assets_dir=cfg.assets_dir,
                      conv_impl=cfg.vgg.conv_impl)
     tracker = Tracker(cfg.wandb, job="stylize", run_dir=run_dir, config=to_dict(cfg))

@@ -20,7 +20,7 @@ import optax
 from nstjax.errors import NstjaxError
 from nstjax.image import fit_size, resize
 from nstjax.perceptual import Encoder, PerceptualLoss, Targets
-from nstjax.vgg import VGG19
+from nstjax.vgg import VGG19, min_input_side
 
 OPTIMIZERS = ("lbfgs", "adam")
 
@@ -63,6 +63,29 @@ class GatysResult:
 Callback = Callable[[int, np.ndarray, dict[str, float]], None]
 
 
+def check_sizes(loss: PerceptualLoss, content_hw: tuple[int, int], style_hws: Sequence[tuple[int, int]]) -> None:
+    """One clear line (not a crash deep in XLA) when an image is too small for the loss layers."""
+    need = min_input_side(loss.layers)
+    for what, (h, w) in (("content.image", content_hw), *(("style.image", hw) for hw in style_hws)):
+        if min(h, w) < need:
+            raise NstjaxError(
+                f"{what}: {w}x{h} px at this size, but the loss layers (down to {loss.layers[-1]}) need both "
+                f"sides >= {need} px; use a larger size (or style_scale) or crop the image")
+
+
+def _level_shapes(content_hw, style_hws, size: int, style_scale: float):
+    return fit_size(content_hw, size), [fit_size(hw, max(16, round(style_scale * size))) for hw in style_hws]
+
+
+def check_pyramid(loss: PerceptualLoss, content: np.ndarray, styles: Sequence[np.ndarray],
+                  levels: Sequence[Level], style_scale: float) -> None:
+    """Every level's image sizes, checked before any work."""
+    if style_scale <= 0:
+        raise NstjaxError(f"style_scale: must be > 0, got {style_scale}")
+    for level in levels:
+        check_sizes(loss, *_level_shapes(content.shape[:2], [s.shape[:2] for s in styles], level.size, style_scale))
+
+
 class GatysProblem:
     """Targets and objective for one content size: encodes content and styles once."""
 
@@ -71,6 +94,7 @@ class GatysProblem:
         settings.validate()
         self.s = settings
         self.loss = settings.loss
+        check_sizes(self.loss, content.shape[:2], [s.shape[:2] for s in styles])
         self.shape = (1, *content.shape)
         # Frozen kernels laid out for this image size, once per problem.
         self.encoder = Encoder(vgg, self.loss.layers, input_shape=self.shape[:3])
@@ -197,14 +221,14 @@ def stylize_pyramid(vgg: VGG19, content: np.ndarray, styles: Sequence[np.ndarray
     `style_scale` times the level's long side), so large outputs get their global structure
     cheaply at low resolution and only refine texture at high resolution.
     """
-    if style_scale <= 0:
-        raise NstjaxError(f"style_scale: must be > 0, got {style_scale}")
+    check_pyramid(settings.loss, content, styles, levels, style_scale)
     results: list[GatysResult] = []
     x: np.ndarray | None = None
     offset = 0
     for level in levels:
-        c = resize(content, fit_size(content.shape[:2], level.size))
-        ss = [resize(s, fit_size(s.shape[:2], max(16, round(style_scale * level.size)))) for s in styles]
+        c_hw, s_hws = _level_shapes(content.shape[:2], [s.shape[:2] for s in styles], level.size, style_scale)
+        c = resize(content, c_hw)
+        ss = [resize(s, hw) for s, hw in zip(styles, s_hws)]
         if x is not None:
             start = resize(x, c.shape[:2])
         elif isinstance(init, np.ndarray):

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from nstjax.atomic import check_writable
 from nstjax.config import InferConfig
 from nstjax.serving.media import DEFAULT_FPS, VideoWriter, check_output, open_source, output_name, save_animation
 from nstjax.serving.stream import RunStats, stylize_stream
@@ -21,6 +22,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     src = open_source(str(cfg.input), cfg.size)
     out = Path(str(cfg.output)).expanduser()
     target = check_output(src, Path(str(cfg.input)).expanduser(), out)
+    check_writable(out, "output", directory=target == "dir")
     stylizer = load_stylizer(str(cfg.model_path), step=cfg.step, use_compiled_format=cfg.stablehlo)
 
     stats = RunStats()
@@ -63,6 +65,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
         "written": written,
         "input_kind": src.kind,
         "images": stats.images,
+        "skipped": src.skipped,
         "shapes": sorted(list(s) for s in stats.shapes),
         "compiles": len(stylizer.compile_seconds),
         "compile_seconds": float(sum(stylizer.compile_seconds.values())),

@@ -5,6 +5,7 @@ atomically (`nstjax.atomic.AtomicPath`): a stopped run never leaves a half-writt
 """
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -16,7 +17,9 @@ import numpy as np
 
 from nstjax.atomic import AtomicPath
 from nstjax.errors import NstjaxError
-from nstjax.image import IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS
+from nstjax.image import IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS, check_pixels
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 ANIM_EXTS = (".gif", ".webp", ".png", ".apng")  # Pillow writes all of these with save_all=True
@@ -56,6 +59,7 @@ class Source:
     durations: list[int] | None = None  # animation: ms per frame
     loop: int | None = None
     fps: float | None = None
+    skipped: int = 0  # unreadable inputs passed over (folders)
 
 
 def _prep(img: np.ndarray, size: int | None) -> np.ndarray:
@@ -70,6 +74,7 @@ def _open_animation(path: Path) -> tuple[int, int | None] | None:
 
     try:
         with Image.open(path) as im:
+            check_pixels(im.size, f"input {str(path)!r}")
             n = int(getattr(im, "n_frames", 1))
             return (n, im.info.get("loop")) if n > 1 else None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -90,6 +95,20 @@ def _animation_frames(path: Path, size: int | None, durations: list[int]) -> Ite
         raise NstjaxError(f"input {str(path)!r}: cannot decode animation frame ({e})") from None
 
 
+def _folder_frames(files: list[Path], size: int | None, src: Source) -> Iterator[tuple[Any, np.ndarray]]:
+    """A folder's images in order; an unreadable one is skipped and counted, never fatal."""
+    from nstjax.image import load_image
+
+    for f in files:
+        try:
+            img = load_image(f, what="input")
+        except NstjaxError as e:
+            log.warning("skipping %s", e)
+            src.skipped += 1
+            continue
+        yield f, _prep(img, size)
+
+
 def open_source(path: str, size: int | None) -> Source:
     from nstjax.image import load_image
 
@@ -101,8 +120,8 @@ def open_source(path: str, size: int | None) -> Source:
                         and not f.name.startswith(".")), key=_natural_key)
         if not files:
             raise NstjaxError(f"input {path!r}: directory has no image files")
-        return Source("folder", lambda: ((f, _prep(load_image(f, what="input"), size)) for f in files),
-                      len(files))
+        src = Source("folder", lambda: _folder_frames(files, size, src), len(files))
+        return src
     suffix = p.suffix.lower()
     if suffix in VIDEO_EXTS:
         iio = _imageio(f"input {path!r}")

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from nstjax.errors import NstjaxError
-from nstjax.image import IMAGE_EXTENSIONS, load_image, resize, to_rgb_array, to_uint8
+from nstjax.image import IMAGE_EXTENSIONS, check_pixels, load_image, resize, to_rgb_array, to_uint8
 
 if TYPE_CHECKING:
     from nstjax.config import DataConfig
@@ -229,6 +229,7 @@ def decode_short_side(data: bytes, size: int) -> Image.Image:
     than needed, which is most of the decoding cost for COCO-sized photos.
     """
     with Image.open(io.BytesIO(data)) as im:
+        check_pixels(im.size, "training image")
         w, h = im.size
         s = size / min(w, h)
         if s < 1:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from nstjax.atomic import write_json_atomic
+from nstjax.atomic import check_writable, write_json_atomic
 from nstjax.config import TrainConfig, to_dict
 from nstjax.errors import NstjaxError
 
@@ -52,6 +52,8 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     t = cfg.train
+    check_writable(t.ckpt_dir, "train.ckpt_dir", directory=True)  # before any data or compiling
+    check_writable(run_dir, "run directory", directory=True)
     steps, batch_size = t.steps, t.batch_size
     mesh = make_mesh()
     n_dev = mesh.devices.size
