@@ -15,10 +15,13 @@ if TYPE_CHECKING:
 
 
 class Tracker:
-    def __init__(self, cfg: WandbConfig, *, job: str, run_dir: str | Path, config: dict | None = None):
+    def __init__(self, cfg: WandbConfig, *, job: str, run_dir: str | Path, config: dict | None = None,
+                 run_id: str | None = None):
+        """`run_id` continues that W&B run (a resumed training run logs onto the same curves)."""
         mode = os.environ.get("WANDB_MODE") or cfg.mode
         self.enabled = mode != "disabled"
         self.run = None
+        self.run_id = run_id
         if not self.enabled:
             return
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -27,8 +30,9 @@ class Tracker:
         self._wandb = wandb
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group,
-                              tags=list(cfg.tags), job_type=job,
+                              tags=list(cfg.tags), job_type=job, id=run_id, resume="allow" if run_id else None,
                               dir=str(run_dir), config=config, mode=mode, reinit="finish_previous")
+        self.run_id = self.run.id
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.run is not None:

@@ -176,3 +176,22 @@ def test_nonfinite_step_is_skipped_on_the_device(assets, photos):
     assert int(t["nonfinite"]) == 0
     moved = jax.tree.map(np.asarray, tr.params)
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(moved)))
+
+
+def test_resume_shows_harmless_changes_refuses_breaking_ones_and_keeps_the_wandb_run(tmp_path, assets):
+    args = [*TINY, "wandb=offline", "train.save_every=2", "train.sample_every=0", "run_name=c"]
+    r = run_train([*args, "train.steps=2"], tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_train([*args, "train.steps=4", "train.log_every=1"], tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "at step 2 with changed settings" in r.stdout and "train.steps: 2 -> 4" in r.stdout, r.stdout[-2000:]
+    # One W&B run continued, not two: both offline run directories carry the same run id.
+    runs = sorted((tmp_path / "runs" / "c" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1, runs
+    ck_before = sorted(p.name for p in (tmp_path / "runs" / "c" / "checkpoints").iterdir())
+    for change, key in ((f"style.image={assets}/data/styles/candy.jpg", "style.image"),
+                        ("model.width=0.25", "model.width"), ("loss.style_weight=3", "loss.style_weight")):
+        r = run_train([*args, "train.steps=6", change], tmp_path, assets)
+        _one_line_error(r, key)
+        assert "run_name=" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "runs" / "c" / "checkpoints").iterdir()) == ck_before

@@ -26,7 +26,7 @@ import logging
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -60,6 +60,7 @@ class Restored:
     data_state: Any
     config: dict[str, Any]
     metrics: dict[str, Any]
+    run_info: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. the W&B run id
 
 
 # --------------------------------------------------------------------------------------
@@ -315,6 +316,7 @@ class Checkpointer:
         config: Mapping[str, Any],
         metrics: Mapping[str, Any],
         force: bool = False,
+        run_info: Mapping[str, Any] | None = None,
     ) -> bool:
         """Start saving ``step``; returns False if skipped (not due, or already saved).
 
@@ -332,6 +334,7 @@ class Checkpointer:
             "data_state": _encode_data_state(data_state),
             "config": _to_json(dict(config), "config"),
             "metrics": _to_json(dict(metrics), "metrics"),
+            "run_info": _to_json(dict(run_info or {}), "run_info"),
         }
         args = ocp.args.Composite(
             **{STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)}
@@ -370,11 +373,14 @@ class Checkpointer:
 
     # -- restoring ---------------------------------------------------------------------
 
-    def restore_latest(self, template_state: Any) -> Restored | None:
-        """Restore the newest finished checkpoint, or return None if there is none.
+    def restore_latest(self, template_state: Any,
+                       check_config: Callable[[dict[str, Any], int], None] | None = None) -> Restored | None:
+        """Restore the newest readable checkpoint, or return None if there is none.
 
         ``template_state`` (a ShapeDtypeStruct tree, e.g. from ``jax.eval_shape``, or a
         concrete state) fixes the structure, dtypes and shardings of the result.
+        ``check_config(config, step)`` sees the checkpoint's config before any array is
+        compared or read (so a changed setting is reported as such, not as a shape mismatch).
         """
         steps = sorted(self.all_steps(), reverse=True)
         if not steps:
@@ -382,7 +388,7 @@ class Checkpointer:
         unreadable: list[str] = []
         for step in steps:  # newest first; a corrupt one falls back to the one before it
             try:
-                return self.restore(step, template_state)
+                return self.restore(step, template_state, check_config)
             except UnreadableCheckpoint as e:
                 unreadable.append(f"{self.directory / str(step)}: {e.why}")
                 log.warning("checkpoint step %d (%s): %s; trying the one before it", step,
@@ -390,7 +396,8 @@ class Checkpointer:
         raise NstjaxError(f"cannot resume: no readable checkpoint ("
                           f"{trees.summarise(unreadable)}); {RESUME_HINT}")
 
-    def restore(self, step: int, template_state: Any) -> Restored:
+    def restore(self, step: int, template_state: Any,
+                check_config: Callable[[dict[str, Any], int], None] | None = None) -> Restored:
         """Restore a given step; any problem becomes one NstjaxError line naming the dir."""
         self.wait()  # a step saved asynchronously is listed before its directory exists
         step_dir = self.directory / str(step)
@@ -400,6 +407,14 @@ class Checkpointer:
             err.why = why
             err.__cause__ = cause
             return err
+
+        if check_config is not None:
+            try:
+                meta = self._mngr.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
+                config = dict(meta[META_ITEM]["config"])
+            except Exception as e:
+                raise fail(f"unreadable ({reason(e)})", e) from e
+            check_config(config, step)
 
         try:
             metadata = self._mngr.item_metadata(step)
@@ -430,6 +445,7 @@ class Checkpointer:
                 data_state=data_state,
                 config=dict(meta["config"]),
                 metrics=dict(meta["metrics"]),
+                run_info=dict(meta.get("run_info") or {}),  # absent in older checkpoints
             )
         except Exception as e:
             raise fail(f"unreadable ({reason(e)})", e) from e

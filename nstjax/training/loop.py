@@ -46,6 +46,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     from nstjax.training.checkpoint import Checkpointer
     from nstjax.training.data import load_val_images, make_dataset
     from nstjax.training.prefetch import prefetch_to_device
+    from nstjax.training.resume import check_resume
     from nstjax.training.signals import GracefulStop
     from nstjax.training.trainer import Trainer, check_batch, make_mesh, make_optimizer
     from nstjax.vgg import load_vgg19
@@ -83,15 +84,25 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
                         discard_existing=not t.resume)
     rng = jax.random.key(t.seed)
     start = 0
+    run_info: dict[str, Any] = {}
     if t.resume:
-        restored = ckpt.restore_latest(jax.eval_shape(lambda: trainer.state(rng)))
+        changed: list[str] = []
+
+        def check_config(old: dict[str, Any], at: int) -> None:
+            changed[:] = check_resume(old, config, f"{t.ckpt_dir} (step {at})")
+
+        restored = ckpt.restore_latest(jax.eval_shape(lambda: trainer.state(rng)), check_config)
         if restored is not None:
             trainer.load_state(restored.state)
             rng = restored.state["rng"]
             it.set_state(restored.data_state)
             start = restored.step
-            print(f"resumed from {t.ckpt_dir} at step {start}")
-    tracker = Tracker(cfg.wandb, job="train", run_dir=run_dir, config=config)
+            run_info = restored.run_info
+            print(f"resumed from {t.ckpt_dir} at step {start}"
+                  + (f" with changed settings: {'; '.join(changed)}" if changed else ""))
+    tracker = Tracker(cfg.wandb, job="train", run_dir=run_dir, config=config, run_id=run_info.get("wandb_id"))
+    if tracker.run_id:
+        run_info = {**run_info, "wandb_id": tracker.run_id}
     samples_dir = run_dir / "samples"
     photo_style = trainer.photo_style_loss(val_dev)
 
@@ -154,7 +165,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
                 if (ckpt.should_save(step) or step == steps or stop.requested) and trainer.params_finite():
                     val_terms = trainer.evaluate(val_dev)
                     ckpt.save(step, trainer.state(rng), data_state=it.get_state(), config=config,
-                              metrics={"val_loss": val_terms["total"]}, force=True)
+                              metrics={"val_loss": val_terms["total"]}, force=True, run_info=run_info)
                 if stop.requested:
                     break
         ckpt.wait()
