@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import math
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -67,8 +68,15 @@ class Restored:
 # Small helpers
 
 
+_OS_ERRORS = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied")
+
+
 def reason(e: BaseException) -> str:
-    """First line of an exception, short enough for a one-line CLI error."""
+    """First line of an exception, short enough for a one-line CLI error; an operating-system
+    cause buried in a storage library's message (ENOSPC, ...) is named as such."""
+    for known in _OS_ERRORS:
+        if known in str(e):
+            return known
     text = str(e).strip().splitlines()
     line = text[0] if text else ""
     line = f"{type(e).__name__}: {line}" if line else type(e).__name__
@@ -146,6 +154,38 @@ def check_directory(path: Path, hint: str) -> None:
         raise NstjaxError(f"checkpoint directory {path} is a file, not a directory; {hint}")
 
 
+class _DropAsyncNoise(logging.Filter):
+    """Orbax and tensorstore log a failed asynchronous write as tracebacks from their threads;
+    the Checkpointer reports the same failure as one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        text = record.getMessage()
+        return not any(k in record.pathname or k in text for k in ("orbax", "tensorstore", "Future exception"))
+
+
+_QUIETED = False
+
+
+def _quiet_async_failure_noise() -> None:
+    global _QUIETED
+    if _QUIETED:
+        return
+    _QUIETED = True
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_DropAsyncNoise())
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        # tensorstore callbacks of a failed save fire on Orbax's already closed event loop.
+        if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 # --------------------------------------------------------------------------------------
 # Checkpointer
 
@@ -182,6 +222,8 @@ class Checkpointer:
         self.best_mode = best_mode
         self._warned_no_metric = False
         self._closed = False
+        self._pending: int | None = None  # the step of the asynchronous save in flight
+        _quiet_async_failure_noise()
         check_directory(self.directory, RESUME_HINT)
 
         worst = math.inf if best_mode == "min" else -math.inf
@@ -328,6 +370,7 @@ class Checkpointer:
             return False
         if step in self._mngr.all_steps():
             return False
+        self.wait()  # Orbax waits here anyway; a failed earlier save is reported as that step
         meta = {
             "format": FORMAT_VERSION,
             "step": int(step),
@@ -340,20 +383,33 @@ class Checkpointer:
             **{STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)}
         )
         try:
-            return bool(
+            saved = bool(
                 self._mngr.save(step, args=args, metrics=self._ranking_metrics(metrics), force=True)
             )
         except Exception as e:
-            raise NstjaxError(
-                f"could not write checkpoint step {step} to {self.directory}: {reason(e)}"
-            ) from e
+            raise self._write_error(step, e) from e
+        self._pending = step
+        return saved
+
+    def _write_error(self, step: int | None, e: BaseException) -> NstjaxError:
+        what = f"checkpoint step {step}" if step is not None else "checkpoint"
+        return NstjaxError(f"could not write {what} to {self.directory}: {reason(e)}; the checkpoints before "
+                           "it are intact: fix that, then run the same command to resume from them")
+
+    def check(self) -> None:
+        """Raise now if the last asynchronous save failed (cheap, does not wait for it)."""
+        try:
+            self._mngr.check_for_errors()
+        except Exception as e:
+            raise self._write_error(self._pending, e) from e
 
     def wait(self) -> None:
         """Block until the pending asynchronous save (and old-step deletion) is on disk."""
         try:
             self._mngr.wait_until_finished()
         except Exception as e:
-            raise NstjaxError(f"could not write checkpoint to {self.directory}: {reason(e)}") from e
+            raise self._write_error(self._pending, e) from e
+        self._pending = None
 
     def close(self) -> None:
         """Flush pending saves and stop Orbax's background threads; safe to call twice."""

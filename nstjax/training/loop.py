@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,17 @@ def load_styles(cfg: TrainConfig) -> list[np.ndarray]:
             img = resize(img, fit_size(img.shape[:2], cfg.loss.style_size))
         styles.append(img)
     return styles
+
+
+def check_free_space(ckpt_dir: str, state: Any) -> None:
+    """Refuse to start when the checkpoint disk cannot hold two checkpoints (one being written)."""
+    import jax
+
+    need = 2 * sum(x.nbytes for x in jax.tree.leaves(state) if hasattr(x, "nbytes"))
+    free = shutil.disk_usage(ckpt_dir).free
+    if free < need:
+        raise NstjaxError(f"train.ckpt_dir {ckpt_dir!r}: {free / 1e6:.1f} MB free, but two checkpoints of this "
+                          f"run take about {need / 1e6:.1f} MB; free some space or point it at another disk")
 
 
 def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -74,6 +86,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     encoder = Encoder(vgg, loss.layers)
     grams = loss.style_targets(encoder, styles, cfg.style.blend_weights or None)
     trainer = Trainer(model, encoder, loss, tx, grams, mesh)
+    check_free_space(t.ckpt_dir, trainer.state(jax.random.key(0)))
 
     host_it = iter(data)
     it = prefetch_to_device(host_it, size=cfg.data.prefetch, sharding=trainer.data_sharding)
@@ -146,6 +159,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
                     logged_steps, logged_flags = zip(*flags)
                     bad = [s for s, f in zip(logged_steps, jax.device_get(list(logged_flags))) if f]
                     flags.clear()
+                    ckpt.check()  # a failed background save is reported now, as its own step
                     nonfinite += len(bad)
                     if bad:
                         handle_nonfinite(bad, step)
