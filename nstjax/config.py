@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, List, Optional, TypeVar
@@ -197,7 +199,7 @@ class DataConfig:
     tfds_name: Optional[str] = None
     split: Optional[str] = None
     data_dir: Optional[str] = None
-    val_path: str = MISSING
+    val_path: Optional[str] = None  # None: hold out train.samples images of the training source
     size: int = MISSING
     workers: int = 0
     threads: int = 4
@@ -333,6 +335,10 @@ def register() -> None:
     """Put the schemas in Hydra's ConfigStore (idempotent); the YAML files name them."""
     from hydra.core.config_store import ConfigStore
 
+    # ${nstjax.assets:data/photos/train}: a path in the assets dir ($NSTJAX_ASSETS), or null.
+    OmegaConf.register_new_resolver(
+        "nstjax.assets", lambda sub: str(Path(os.environ["NSTJAX_ASSETS"]).expanduser() / sub)
+        if os.environ.get("NSTJAX_ASSETS") else None, replace=True)
     cs = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
         cs.store(name=f"{name}_schema", node=schema)

@@ -243,8 +243,26 @@ def test_configs_share_fields_and_defaults_point_at_assets(assets, monkeypatch):
     assert set(vars(folder)) == set(vars(coco))
     assert (folder.name, coco.name, coco.tfds_name, coco.split) == ("folder", "coco", "coco/2017", "train")
     assert folder.size == coco.size == 256 and coco.data_dir is None
-    assert Path(folder.path).is_dir() and Path(folder.val_path).is_dir() and coco.val_path == folder.val_path
+    # Defaults point into the configured assets dir only, never into a checkout or ../shared.
+    assert Path(folder.path) == assets / "data" / "photos" / "train" and folder.val_path is coco.val_path is None
     assert make_dataset(folder, batch_size=2, seed=0).num_examples == 1909
+    monkeypatch.delenv("NSTJAX_ASSETS")
+    bare = load(DataConfig, compose("train", ["data=folder"]).data)
+    assert bare.path is None
+    with pytest.raises(NstjaxError, match="data.path is not set"):
+        make_dataset(bare, batch_size=2, seed=0)
+
+
+def test_validation_photos_are_held_out_of_the_training_source(train):
+    data = make_dataset(folder_cfg(train), batch_size=BATCH, seed=0, holdout=8)
+    assert data.num_examples == 1909 - 8 and len(data.held_out) == 8
+    assert set(data.held_out.indices).isdisjoint(data.source.indices)
+    other = make_dataset(folder_cfg(train), batch_size=BATCH, seed=9, holdout=8)
+    assert other.held_out.indices == data.held_out.indices  # fixed, whatever the seed
+    val = data.validation_images()
+    assert val.shape == (8, SIZE, SIZE, 3) and val.dtype == np.float32 and val.std() > 0.05
+    names = {data.held_out[i].name for i in range(8)}
+    assert len({n.split("_")[0] for n in names}) > 1  # spread over the source, not its first 8 files
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16", "LA"])

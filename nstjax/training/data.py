@@ -181,7 +181,8 @@ def register_source(name: str, factory: Callable[["DataConfig"], Source]) -> Non
 
 def _folder(data: DataConfig) -> FolderSource:
     if not data.path:
-        raise NstjaxError("data.path is not set: use `data=folder data.path=DIR`")
+        raise NstjaxError("data.path is not set: use `data=folder data.path=DIR` (or set NSTJAX_ASSETS to an "
+                          "assets directory holding data/photos/train)")
     return FolderSource(data.path)
 
 
@@ -389,10 +390,27 @@ class TrainData:
         self.size = size
         self.workers = workers
         self._last: TrainIterator | None = None
+        self.held_out: Subset = Subset(source, [])
 
     def __iter__(self) -> TrainIterator:
         self._last = TrainIterator(iter(self.dataset), self.workers)
         return self._last
+
+    def validation_images(self) -> np.ndarray:
+        """The held-out images (`make_dataset(holdout=N)`) as float32 (N, size, size, 3):
+        short-side resize + centre crop; unreadable ones are left out."""
+        images = []
+        for i in range(len(self.held_out)):
+            item = self.held_out[i]
+            try:
+                if item.error:
+                    raise ValueError(item.error)
+                images.append(np.asarray(_center_crop_pil(decode_short_side(item.data, self.size), self.size)))
+            except Exception as e:  # noqa: BLE001 - one bad image must not end the run
+                log.warning("leaving validation image %s out: %s: %s", item.name, type(e).__name__, e)
+        if not images:
+            raise NstjaxError("data: no readable held-out validation image; set data.val_path to a folder of photos")
+        return np.divide(np.stack(images), np.float32(255), dtype=np.float32)
 
     @property
     def skipped(self) -> int:
@@ -403,17 +421,45 @@ class TrainData:
         return f"TrainData({self.source!r}, batch_size={self.batch_size}, size={self.size})"
 
 
+class Subset:
+    """The items of a source at some indices (the training part, without the held-out ones)."""
+
+    def __init__(self, source: Source, indices: Sequence[int]):
+        self.source, self.indices = source, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Encoded:
+        return self.source[self.indices[index]]
+
+    def __repr__(self) -> str:
+        return f"Subset({self.source!r}, {len(self)} images)"
+
+
+def holdout_indices(n: int, k: int) -> list[int]:
+    """k indices spread evenly over a source of n (fixed: the same for every seed and run)."""
+    return sorted(set(np.linspace(0, n - 1, min(k, n)).round().astype(int).tolist()))
+
+
 def make_dataset(
-    data: DataConfig, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+    data: DataConfig, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
+    holdout: int = 0,
 ) -> TrainData:
     """Build the training stream described by the `data` config.
 
     `process_index`/`process_count` give each host of a multi-host run a disjoint share of the
     source. Same config + seed -> the same batches, for any `data.workers` / `data.threads`.
+    `holdout` keeps that many images of the source out of training for validation
+    (`TrainData.validation_images`), spread evenly over it.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise NstjaxError(f"batch_size must be a positive integer, got {batch_size!r}")
-    source = make_source(data)
+    full = make_source(data)
+    held = holdout_indices(len(full), holdout) if holdout else []
+    if held and len(full) - len(held) < 1:
+        raise NstjaxError(f"data: {len(full)} images cannot give {len(held)} validation images and still train")
+    source = Subset(full, sorted(set(range(len(full))) - set(held))) if held else full
     ds = grain.MapDataset.source(source)
     if process_count > 1:
         ds = ds[process_index::process_count]
@@ -423,9 +469,11 @@ def make_dataset(
     if data.workers:
         _absl_flags_workaround()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers, per_worker_buffer_size=batch_size))
-    what = str(data.path if isinstance(source, FolderSource) else data.tfds_name)
+    what = str(data.path if isinstance(full, FolderSource) else data.tfds_name)
     ds = GoodBatchDataset(ds, batch_size, give_up_after=2 * len(source) + batch_size, what=what)
-    return TrainData(ds, source, batch_size=int(batch_size), size=data.size, workers=data.workers)
+    out = TrainData(ds, source, batch_size=int(batch_size), size=data.size, workers=data.workers)
+    out.held_out = Subset(full, held)
+    return out
 
 
 def _absl_flags_workaround() -> None:
@@ -449,6 +497,11 @@ def load_val_images(path: str | os.PathLike, size: int, limit: int | None = None
     files = [p] if p.is_file() else list_images(p, setting="data.val_path")
     images = [_center_crop(load_image(f, what="validation image"), size) for f in files[:limit]]
     return np.stack(images).astype(np.float32, copy=False)
+
+
+def _center_crop_pil(im: Image.Image, size: int) -> Image.Image:
+    x, y = (im.width - size) // 2, (im.height - size) // 2
+    return im.crop((x, y, x + size, y + size))
 
 
 def _center_crop(img: np.ndarray, size: int) -> np.ndarray:

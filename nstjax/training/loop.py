@@ -75,8 +75,10 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     styles = load_styles(cfg)
 
     # Data first: a missing dataset should fail before anything slow happens.
-    data = make_dataset(cfg.data, batch_size=batch_size, seed=t.seed)
-    val = load_val_images(cfg.data.val_path, cfg.data.size, limit=t.samples)
+    # Validation photos: data.val_path, or a fixed held-out slice of the training source.
+    data = make_dataset(cfg.data, batch_size=batch_size, seed=t.seed, holdout=0 if cfg.data.val_path else t.samples)
+    val = (load_val_images(cfg.data.val_path, cfg.data.size, limit=t.samples) if cfg.data.val_path
+           else data.validation_images())
     val = val[: max(n_dev, len(val) // n_dev * n_dev)]
 
     vgg = load_vgg19(cfg.vgg.weights, pooling=cfg.vgg.pooling, dtype=parse_dtype(cfg.model.dtype),
