@@ -86,7 +86,7 @@ def _verified(path: Path, asset: Asset | None, name: str) -> Path:
     return path
 
 
-def _download_url(url: str, dest: Path, sha256: str) -> None:
+def download(url: str, dest: Path, sha256: str) -> None:
     """Stream url to a temp file beside dest, check the hash, then rename (atomic)."""
     with AtomicPath(dest, suffix=".part") as tmp:
         h = hashlib.sha256()
@@ -119,7 +119,7 @@ def fetch(name: str, asset: Asset, dest: Path) -> Path:
     errors = []
     for url in asset.urls:
         try:
-            _download_url(url, dest, asset.sha256)
+            download(url, dest, asset.sha256)
             return dest
         except Exception as e:  # noqa: BLE001 - try the next route, report all at the end
             errors.append(f"{url}: {e}")

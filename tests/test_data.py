@@ -147,7 +147,7 @@ def test_coco_without_prepared_data_says_how_to_prepare(tmp_path):
         make_dataset(cfg, batch_size=BATCH, seed=0)
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path) in msg
-    assert "tfds build coco/2017 --file_format=array_record" in msg and "data=folder" in msg
+    assert "python -m nstjax.data prepare coco --dir DIR" in msg and "data=folder" in msg
 
 
 @pytest.fixture(scope="module")

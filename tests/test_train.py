@@ -195,3 +195,32 @@ def test_resume_shows_harmless_changes_refuses_breaking_ones_and_keeps_the_wandb
         _one_line_error(r, key)
         assert "run_name=" in r.stderr
     assert sorted(p.name for p in (tmp_path / "runs" / "c" / "checkpoints").iterdir()) == ck_before
+
+
+def test_prepare_coco_from_an_archive_then_train_on_it(tmp_path, photos, assets):
+    """`python -m nstjax.data prepare coco` on a tiny archive laid out as COCO's, then `data=coco`."""
+    import zipfile
+
+    archive = tmp_path / "train2017.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i, f in enumerate(sorted((photos / "train").glob("coco*.jpg"))[:12]):
+            z.write(f, f"train2017/{i + 9:012d}.jpg")
+    data_dir = tmp_path / "tfds"
+    env = dict(os.environ, NSTJAX_ASSETS=str(assets))
+    r = subprocess.run([sys.executable, "-m", "nstjax.data", "prepare", "coco", "--dir", str(data_dir),
+                        "--archive", f"train={archive}"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (data_dir / "coco" / "2017" / "1.1.0" / "dataset_info.json").is_file()
+    assert "data=coco" in r.stdout
+    r = run_train([*TINY, "data=coco", f"data.data_dir={data_dir}", "train.steps=2", "run_name=coco"], tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "coco" / "summary.json").read_text())
+    assert summary["step"] == 2 and summary["data_skipped"] == 0 and summary["val"]["style"] > 0
+    # A bad archive or split is one line.
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    for args, needle in ((["--archive", f"train={tmp_path / 'bad.zip'}"], "not a readable zip"),
+                         (["--splits", "test"], "--splits")):
+        r = subprocess.run([sys.executable, "-m", "nstjax.data", "prepare", "coco", "--dir", str(data_dir), *args],
+                           env=env, capture_output=True, text=True, timeout=120)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr[-2000:]

@@ -121,12 +121,10 @@ class TfdsImageSource:
 
 
 def _prepare_hint(tfds_name: str) -> str:
-    return (
-        f"prepare it once in array_record format with `tfds build {tfds_name} "
-        "--file_format=array_record` (building needs `pip install tensorflow` and the download; "
-        "training does not) and point data.data_dir (or $TFDS_DATA_DIR) at that data directory, "
-        "or train on a folder of images with `data=folder data.path=DIR`"
-    )
+    how = ("`python -m nstjax.data prepare coco --dir DIR` (no TensorFlow needed)" if tfds_name == "coco/2017"
+           else f"`tfds build {tfds_name} --file_format=array_record` (needs TensorFlow)")
+    return (f"prepare it once in array_record format with {how} and point data.data_dir (or $TFDS_DATA_DIR) at "
+            "that directory, or train on a folder of images with `data=folder data.path=DIR`")
 
 
 def _open_builder(tfds_name: str, data_dir: str | None, where: str) -> Any:
