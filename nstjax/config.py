@@ -250,6 +250,31 @@ class TrainLoopConfig:
         _positive(self.keep_last, "train.keep_last")
 
 
+DISTRIBUTED_MODES = ("auto", "true", "false")
+
+
+@dataclass
+class DistributedConfig:
+    """jax.distributed: `auto` starts it on a detected multi-process cluster (or when a
+    coordinator is given); unset fields are auto-detected by JAX."""
+
+    enabled: str = MISSING  # auto | true | false
+    coordinator_address: Optional[str] = None  # host:port of process 0
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+    local_device_ids: Optional[List[int]] = None
+    cpu_collectives: str = "gloo"  # cross-process collectives for CPU devices
+    timeout_seconds: int = 300
+
+    def __post_init__(self) -> None:
+        self.enabled = str(self.enabled).lower()
+        _one_of(self.enabled, "distributed.enabled", DISTRIBUTED_MODES)
+        if self.num_processes is not None:
+            _positive(self.num_processes, "distributed.num_processes")
+        if self.process_id is not None and self.process_id < 0:
+            raise NstjaxError(f"distributed.process_id must be >= 0, got {self.process_id}")
+
+
 @dataclass
 class TrainConfig:
     run_name: str = MISSING
@@ -261,6 +286,7 @@ class TrainConfig:
     vgg: VggConfig = MISSING
     runtime: RuntimeConfig = MISSING
     wandb: WandbConfig = MISSING
+    distributed: DistributedConfig = MISSING
     assets_dir: Optional[str] = None
 
     def __post_init__(self) -> None:

@@ -16,10 +16,11 @@ if TYPE_CHECKING:
 
 class Tracker:
     def __init__(self, cfg: WandbConfig, *, job: str, run_dir: str | Path, config: dict | None = None,
-                 run_id: str | None = None):
-        """`run_id` continues that W&B run (a resumed training run logs onto the same curves)."""
+                 run_id: str | None = None, enabled: bool = True):
+        """`run_id` continues that W&B run (a resumed training run logs onto the same curves);
+        `enabled=False` logs nothing (the other processes of a multi-process run)."""
         mode = os.environ.get("WANDB_MODE") or cfg.mode
-        self.enabled = mode != "disabled"
+        self.enabled = enabled and mode != "disabled"
         self.run = None
         self.run_id = run_id
         if not self.enabled:

@@ -283,7 +283,7 @@ class Checkpointer:
         They are never restored anyway (see the module docstring); this only frees the disk.
         Assumes one writer per directory, like the rest of this class.
         """
-        if not self.directory.is_dir():
+        if not self.directory.is_dir() or jax.process_index() != 0:  # one process cleans up
             return
         for tmp in ocp.path.step.all_temporary_paths(self.directory):
             log.info("removing unfinished checkpoint %s", tmp.get())

@@ -55,6 +55,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     from nstjax.networks import build_network, parse_dtype
     from nstjax.perceptual import Encoder
     from nstjax.tracking import Tracker
+    from nstjax.training import distributed
     from nstjax.training.checkpoint import Checkpointer
     from nstjax.training.data import load_val_images, make_dataset
     from nstjax.training.prefetch import prefetch_to_device
@@ -67,16 +68,18 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     t = cfg.train
     check_writable(t.ckpt_dir, "train.ckpt_dir", directory=True)  # before any data or compiling
     check_writable(run_dir, "run directory", directory=True)
+    distributed.initialize(cfg.distributed)  # before JAX touches a device
     steps, batch_size = t.steps, t.batch_size
-    mesh = make_mesh()
-    n_dev = mesh.devices.size
+    mesh = make_mesh()  # every device of every process
+    n_dev, procs, primary = mesh.devices.size, jax.process_count(), distributed.is_primary()
     check_batch(batch_size, n_dev)
     loss = cfg.loss.perceptual()
     styles = load_styles(cfg)
 
     # Data first: a missing dataset should fail before anything slow happens.
     # Validation photos: data.val_path, or a fixed held-out slice of the training source.
-    data = make_dataset(cfg.data, batch_size=batch_size, seed=t.seed, holdout=0 if cfg.data.val_path else t.samples)
+    data = make_dataset(cfg.data, batch_size=batch_size // procs, seed=t.seed, process_index=jax.process_index(),
+                        process_count=procs, holdout=0 if cfg.data.val_path else t.samples)
     val = (load_val_images(cfg.data.val_path, cfg.data.size, limit=t.samples) if cfg.data.val_path
            else data.validation_images())
     val = val[: max(n_dev, len(val) // n_dev * n_dev)]
@@ -97,7 +100,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     ckpt = Checkpointer(t.ckpt_dir, save_every=t.save_every, keep_last=t.keep_last,
                         keep_best=True, best_metric="val_loss", async_save=t.async_checkpoint,
                         discard_existing=not t.resume)
-    rng = jax.random.key(t.seed)
+    rng = jax.jit(lambda: jax.random.key(t.seed), out_shardings=trainer.repl)()  # on every process
     start = 0
     run_info: dict[str, Any] = {}
     if t.resume:
@@ -106,29 +109,34 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
         def check_config(old: dict[str, Any], at: int) -> None:
             changed[:] = check_resume(old, config, f"{t.ckpt_dir} (step {at})")
 
-        restored = ckpt.restore_latest(jax.eval_shape(lambda: trainer.state(rng)), check_config)
+        restored = ckpt.restore_latest(trainer.state(rng), check_config)
         if restored is not None:
             trainer.load_state(restored.state)
             rng = restored.state["rng"]
-            it.set_state(restored.data_state)
+            data_state = distributed.unpack_data_state(restored.data_state)
+            if data_state is not None:
+                it.set_state(data_state)
             start = restored.step
             run_info = restored.run_info
             print(f"resumed from {t.ckpt_dir} at step {start}"
                   + (f" with changed settings: {'; '.join(changed)}" if changed else ""))
-    tracker = Tracker(cfg.wandb, job="train", run_dir=run_dir, config=config, run_id=run_info.get("wandb_id"))
+    tracker = Tracker(cfg.wandb, job="train", run_dir=run_dir, config=config, run_id=run_info.get("wandb_id"),
+                      enabled=primary)  # W&B from process 0 only
     if tracker.run_id:
         run_info = {**run_info, "wandb_id": tracker.run_id}
     samples_dir = run_dir / "samples"
     photo_style = trainer.photo_style_loss(val_dev)
 
     def save_samples(step: int) -> dict[str, float]:
-        out = trainer.stylize(val)
-        grid = sample_grid(val, out)
-        save_image(grid, samples_dir / f"step_{step:06d}.jpg")
-        tracker.log_images({"samples": grid}, step=step)
+        out = trainer.stylize(val)  # every process takes part; process 0 writes
+        if primary:
+            grid = sample_grid(val, out)
+            save_image(grid, samples_dir / f"step_{step:06d}.jpg")
+            tracker.log_images({"samples": grid}, step=step)
         return trainer.evaluate(val_dev)
 
-    bar = tqdm(total=steps, initial=start, desc=f"train {cfg.run_name}", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start, desc=f"train {cfg.run_name}", unit="step", dynamic_ncols=True,
+               disable=not primary)
     log_every = t.log_every or steps
     last_t, last_step = time.perf_counter(), start
     summary: dict[str, Any] = {}
@@ -144,7 +152,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
             raise NstjaxError(f"training stopped: {what}; lower train.lr or the loss weights, or set "
                               "train.nonfinite=skip")
         if t.nonfinite == "rollback":
-            restored = ckpt.restore_latest(jax.eval_shape(lambda: trainer.state(rng)))
+            restored = ckpt.restore_latest(trainer.state(rng))
             if restored is not None:
                 trainer.load_state(restored.state)
                 log.warning("%s: rolled back to checkpoint step %d (the data stream goes on)", what, restored.step)
@@ -153,10 +161,15 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     loop_t0 = time.perf_counter()
     try:
         with GracefulStop() as stop:
+            stopping = False  # the processes of a multi-process run agree on it at log steps
             for step in range(start + 1, steps + 1):
                 terms = trainer.step(next(it))
                 flags.append((step, terms["nonfinite"]))  # stays on the device until the log step
+                if procs == 1:
+                    stopping = stop.requested
                 if step % log_every == 0 or step == steps:
+                    if procs > 1:
+                        stopping = distributed.any_process(stop.requested)
                     vals = {k: float(v) for k, v in jax.device_get(terms).items()}  # the only sync
                     logged_steps, logged_flags = zip(*flags)
                     bad = [s for s, f in zip(logged_steps, jax.device_get(list(logged_flags))) if f]
@@ -178,28 +191,30 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
                 bar.update(step - bar.n)
                 if t.sample_every and step % t.sample_every == 0:
                     tracker.log({f"val/{k}": v for k, v in save_samples(step).items()}, step=step)
-                if (ckpt.should_save(step) or step == steps or stop.requested) and trainer.params_finite():
+                if (ckpt.should_save(step) or step == steps or stopping) and trainer.params_finite():
                     val_terms = trainer.evaluate(val_dev)
-                    ckpt.save(step, trainer.state(rng), data_state=it.get_state(), config=config,
-                              metrics={"val_loss": val_terms["total"]}, force=True, run_info=run_info)
-                if stop.requested:
+                    ckpt.save(step, trainer.state(rng), data_state=distributed.pack_data_state(it.get_state()),
+                              config=config, metrics={"val_loss": val_terms["total"]}, force=True,
+                              run_info=run_info)
+                if stopping:
                     break
         ckpt.wait()
-        if stop.requested:  # preempted: the checkpoint is all that matters; no samples, no summary
+        if stopping:  # preempted: the checkpoint is all that matters; no samples, no summary
             bar.close()
-            print(f"nstjax: stopped by {stop.signal_name} at step {step}; checkpoint saved in {t.ckpt_dir}; "
-                  "run the same command to resume", file=sys.stderr, flush=True)
-            raise SystemExit(stop.exit_status)
+            print(f"nstjax: stopped by {stop.signal_name or 'SIGTERM to another process'} at step {step}; "
+                  f"checkpoint saved in {t.ckpt_dir}; run the same command to resume", file=sys.stderr, flush=True)
+            raise SystemExit(stop.exit_status if stop.signum else 128 + 15)
         train_seconds = time.perf_counter() - loop_t0
         steady = sorted(logged_ips[1:] or logged_ips)
         final = save_samples(step)
         summary = {"step": step, "val": final, "val_photo_style_loss": photo_style,
                    "style_loss_reduction": photo_style / max(final["style"], 1e-30),
-                   "devices": n_dev, "device": jax.devices()[0].device_kind,
+                   "devices": n_dev, "processes": procs, "device": jax.devices()[0].device_kind,
                    "data_skipped": it.skipped, "nonfinite_steps": nonfinite, "ckpt_dir": str(t.ckpt_dir),
                    "train_seconds": train_seconds, "steps_this_run": step - start,
                    "images_per_sec_median": steady[len(steady) // 2] if steady else None}
-        write_json_atomic(summary, run_dir / "summary.json")
+        if primary:
+            write_json_atomic(summary, run_dir / "summary.json")
         tracker.summary({k: v for k, v in summary.items() if k != "val"}
                         | {f"val/{k}": v for k, v in final.items()})
     except BaseException:

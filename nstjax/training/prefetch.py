@@ -27,7 +27,11 @@ class DevicePrefetchIterator:
         self._state = self._it.get_state() if self._has_state else None
 
     def _put(self, batch: Any) -> Any:
-        return jax.device_put(batch) if self._sharding is None else jax.device_put(batch, self._sharding)
+        if self._sharding is None:
+            return jax.device_put(batch)
+        if jax.process_count() > 1:  # each process holds its own part of the global batch
+            return jax.make_array_from_process_local_data(self._sharding, batch)
+        return jax.device_put(batch, self._sharding)
 
     def _fill(self, n: int) -> None:
         while len(self._queue) < n:

@@ -22,7 +22,8 @@ from nstjax.perceptual import Encoder, PerceptualLoss, Targets
 
 
 def make_mesh(devices=None) -> Mesh:
-    devices = devices if devices is not None else jax.local_devices()
+    """A 1-D 'data' mesh over every device of every process (or the given devices)."""
+    devices = devices if devices is not None else jax.devices()
     return Mesh(np.asarray(devices), ("data",))
 
 
@@ -73,7 +74,7 @@ class Trainer:
                              out_shardings=(self.repl, self.repl, self.repl))
         self._eval = jax.jit(self._eval_terms, in_shardings=(self.repl, self.data_sharding, self.repl),
                              out_shardings=self.repl)
-        self._stylize = jax.jit(self._apply)
+        self._stylize = jax.jit(self._apply, out_shardings=self.repl)
         self._photo_style = jax.jit(self._photo_terms)
 
     # ---- pure functions (traced once) -------------------------------------------------
@@ -123,10 +124,12 @@ class Trainer:
     def evaluate(self, batch: jax.Array) -> dict[str, float]:
         return {k: float(v) for k, v in self._eval(self.params, batch, self.consts).items()}
 
-    def stylize(self, images: np.ndarray | jax.Array) -> np.ndarray:
-        return np.clip(np.asarray(self._stylize(self.params, jnp.asarray(images))), 0.0, 1.0)
+    def stylize(self, images: np.ndarray) -> np.ndarray:
+        """The network's outputs for host images (the same on every process), on every process."""
+        return np.clip(np.asarray(self._stylize(self.params, jax.device_put(images, self.repl))), 0.0, 1.0)
 
     def put_batch(self, batch: np.ndarray) -> jax.Array:
+        """A global batch that every process holds whole (e.g. the validation photos)."""
         return jax.device_put(batch, self.data_sharding)
 
     def state(self, rng: jax.Array) -> dict[str, Any]:
