@@ -140,3 +140,35 @@ def test_a_disk_too_small_for_two_checkpoints_is_refused_before_training(tmp_pat
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 2 and len(lines) == 1 and "MB free" in lines[0], r.stderr[-2000:]
         assert shutil.disk_usage(disk).used < 32 * 1024
+
+
+def test_corrupt_latest_checkpoint_resumes_from_the_one_before(tmp_path, assets):
+    args = [*TINY, "train.save_every=2", "run_name=c"]
+    r = _run([*args, "train.steps=6"], tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = tmp_path / "runs" / "c" / "checkpoints"
+    for f in (ckpt / "6" / "state").rglob("*"):  # truncate every array file of the newest step
+        if f.is_file():
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    r = _run([*args, "train.steps=8"], tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "checkpoint step 6" in r.stdout and "trying the one before it" in r.stdout
+    assert f"resumed from {ckpt} at step 4" in r.stdout
+    assert (ckpt / "8").is_dir()
+
+
+def test_nonfinite_steps_are_skipped_or_stop_the_run_by_policy(tmp_path, assets):
+    """An absurd learning rate overflows the network to inf/NaN within a few steps."""
+    args = [*TINY, "train.lr=1e30", "train.steps=6", "train.save_every=2", "train.log_every=2"]
+    r = _run([*args, "train.nonfinite=stop", "run_name=s"], tmp_path, assets)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("train s")]
+    assert r.returncode == 2 and len(lines) == 1 and "non-finite loss or gradient" in lines[0], r.stderr[-2000:]
+    r = _run([*args, "train.nonfinite=skip", "run_name=k"], tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+
+    summary = json.loads((tmp_path / "runs" / "k" / "summary.json").read_text())
+    assert summary["nonfinite_steps"] >= 1
+    for step in (2, 4, 6):  # every checkpoint written is finite
+        params = _final_params(tmp_path / "runs" / "k" / "checkpoints", step)
+        assert all(np.isfinite(v).all() for v in params.values())

@@ -67,13 +67,17 @@ def _bad_inputs(tmp_path, assets):
         "bad color": (["color=sepia"], "color"),
         "bad conv impl": (["vgg.conv_impl=fft"], "vgg.conv_impl"),
         "unwritable cache": (["runtime.compilation_cache=/proc/nstjax_cache"], "compilation_cache"),
+        "non-numeric steps": (["steps=abc"], "steps"),
+        "non-numeric size": (["size=abc"], "size=abc"),
+        "non-numeric weight": (["loss.style_weight=lots"], "loss.style_weight"),
+        "unknown setting": (["stepz=3"], "stepz"),
     }
 
 
 def test_bad_input_gives_one_line(tmp_path, assets):
     for name, (args, needle) in _bad_inputs(tmp_path, assets).items():
         r = run_cli([*args, "wandb=disabled", f"output={tmp_path}/x.png"], tmp_path, assets)
-        assert r.returncode != 0, name
+        assert r.returncode == 2, (name, r.returncode)
         lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("nstjax: error:"), (name, r.stderr[-1500:])
         assert needle in lines[0], (name, lines[0])
@@ -82,9 +86,11 @@ def test_bad_input_gives_one_line(tmp_path, assets):
 
 def test_unknown_style_is_reported_by_name(tmp_path, assets):
     r = run_cli(["style=picasso_blue", "wandb=disabled"], tmp_path, assets)
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert "picasso_blue" in r.stderr and "Traceback" not in r.stderr
     assert "mosaic" in r.stderr  # Hydra lists the available styles
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("nstjax: error:"), r.stderr  # one line, not Hydra's 17
 
 
 def test_unwritable_output_fails_before_the_optimization(tmp_path, assets):
