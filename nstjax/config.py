@@ -298,16 +298,32 @@ class TrainConfig:
 # --------------------------------------------------------------------------- export / infer
 
 
+def checkpoint_step(value: Any) -> int | str | None:
+    """`step=latest|best|N` -> None (latest), "best" or N."""
+    if value is None or str(value) == "latest":
+        return None
+    if str(value) == "best":
+        return "best"
+    try:
+        n = int(str(value))
+    except ValueError:
+        raise NstjaxError(f"step: expected latest, best or a step number, got {value!r}") from None
+    if n < 0:
+        raise NstjaxError(f"step: must be >= 0, got {n}")
+    return n
+
+
 @dataclass
 class ExportConfig:
     checkpoint: Optional[str] = None
-    step: Optional[int] = None
+    step: Optional[str] = None  # latest | best | N (checkpoint directories)
     output: Optional[str] = None
     format: str = MISSING
     platforms: Optional[List[str]] = None
     runtime: RuntimeConfig = MISSING
 
     def __post_init__(self) -> None:
+        self.step = checkpoint_step(self.step)
         if not self.checkpoint:
             raise NstjaxError("checkpoint: not set; pass checkpoint=runs/<run_name>/checkpoints")
         if not self.output:
@@ -325,7 +341,7 @@ INFER_COLOR_MODES = ("none", "luminance")
 @dataclass
 class InferConfig:
     model_path: Optional[str] = None
-    step: Optional[int] = None
+    step: Optional[str] = None  # latest | best | N (checkpoint directories)
     input: Optional[str] = None
     output: Optional[str] = None
     size: Optional[int] = None
@@ -333,9 +349,12 @@ class InferConfig:
     color: str = MISSING
     fps: Optional[float] = None
     stablehlo: bool = MISSING
+    alpha: float = MISSING  # style strength: 1 the network's output, 0 the photo
+    overwrite: bool = MISSING  # folder outputs that exist are skipped unless true
     runtime: Optional[RuntimeConfig] = None
 
     def __post_init__(self) -> None:
+        self.step = checkpoint_step(self.step)
         for key, hint in (("model_path", "an artifact from nstjax.export or runs/<run_name>/checkpoints"),
                           ("input", "an image, a directory, an animated GIF or a video"),
                           ("output", "an image file, a directory, or an animation/video file")):
@@ -346,6 +365,8 @@ class InferConfig:
         if self.batch < 1:
             raise NstjaxError(f"batch: expected a positive integer, got {self.batch!r}")
         _one_of(self.color, "color", INFER_COLOR_MODES)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise NstjaxError(f"alpha: the style strength must be in [0, 1], got {self.alpha}")
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
             raise NstjaxError(f"fps: expected a positive number or null, got {self.fps!r}")
 

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageSequence
 
 from nstjax import color
-from nstjax.config import InferConfig, load
+from nstjax.config import InferConfig, checkpoint_step, load
 from nstjax.training.checkpoint import Checkpointer
 from nstjax.errors import NstjaxError
 from nstjax.serving.artifact import read_artifact, write_artifact
@@ -61,7 +61,7 @@ def setup(tmp_path_factory, photos):
 def _cfg(**kw):
     """Settings as `python -m nstjax.infer` checks them (nstjax.config.InferConfig)."""
     base = {"model_path": None, "step": None, "input": None, "output": None, "size": SIZE, "batch": 2,
-            "color": "none", "fps": None, "stablehlo": True}
+            "color": "none", "fps": None, "stablehlo": True, "alpha": 1.0, "overwrite": False}
     return load(InferConfig, OmegaConf.create({**base, **kw}))
 
 
@@ -236,3 +236,57 @@ def test_cli_bad_input_is_one_line(setup, tmp_path):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("nstjax: error:"), r.stderr[-1500:]
     assert "broken.npz" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_alpha_blends_the_style_with_the_photo(setup, tmp_path):
+    photo = str(setup["files"][0])
+    outs = {}
+    for alpha in (1.0, 0.5, 0.0):
+        for mode in ("none", "luminance"):
+            out = tmp_path / f"a{alpha}_{mode}.png"
+            run_infer(_cfg(model_path=str(setup["artifact"]), input=photo, output=str(out), alpha=alpha, color=mode))
+            outs[alpha, mode] = _png(out).astype(np.float64)
+    content = to_uint8(setup["content"][0]).astype(np.float64)
+    for mode in ("none", "luminance"):
+        assert np.abs(outs[0.0, mode] - content).max() <= 1  # alpha=0: the photo itself
+        assert np.abs(outs[1.0, mode] - content).mean() > 10  # alpha=1: stylized
+        half = 0.5 * (outs[1.0, mode] + content)
+        assert np.abs(outs[0.5, mode] - half).max() <= 1.5  # halfway, up to 8-bit rounding
+    with pytest.raises(NstjaxError, match="alpha"):
+        run_infer(_cfg(model_path=str(setup["artifact"]), input=photo, output=str(tmp_path / "x.png"), alpha=1.5))
+
+
+def test_folders_are_recursive_and_existing_outputs_are_kept(setup, tmp_path):
+    src = tmp_path / "in"
+    (src / "sub" / "deeper").mkdir(parents=True)
+    Image.open(setup["files"][0]).save(src / "a.png")
+    Image.open(setup["files"][1]).save(src / "sub" / "deeper" / "b.png")
+    out = tmp_path / "out"
+    cfg = dict(model_path=str(setup["artifact"]), input=str(src), output=str(out))
+    r = run_infer(_cfg(**cfg))
+    assert r["images"] == 2 and (out / "a.png").is_file() and (out / "sub" / "deeper" / "b.png").is_file()
+    stamp = (out / "a.png").stat().st_mtime_ns
+    (out / "sub" / "deeper" / "b.png").unlink()
+    r = run_infer(_cfg(**cfg))  # a rerun does only what is missing
+    assert r["images"] == 1 and r["existing"] == 1 and (out / "a.png").stat().st_mtime_ns == stamp
+    assert (out / "sub" / "deeper" / "b.png").is_file()
+    r = run_infer(_cfg(**cfg, overwrite=True))
+    assert r["images"] == 2 and r["existing"] == 0
+
+
+def test_export_step_latest_best_and_number(setup, tmp_path):
+    model = build_network(MODEL, rngs=nnx.Rngs(1))
+    _, params = nnx.split(model, nnx.Param)
+    ck = tmp_path / "ck"
+    with Checkpointer(ck, save_every=1, keep_last=5) as c:
+        for step, val in ((1, 3.0), (2, 1.0), (3, 2.0)):
+            shifted = jax.tree.map(lambda a: a + step, params)
+            state = {"params": shifted, "opt_state": optax.adam(1e-3).init(shifted), "rng": jax.random.key(0)}
+            c.save(step, state, data_state={}, config={"model": dict(MODEL)}, metrics={"val_loss": val}, force=True)
+    for step, want in (("latest", 3), ("best", 2), (1, 1)):
+        meta = export_model(ck, tmp_path / f"{step}.npz", step=checkpoint_step(step))
+        assert meta["source"]["step"] == want, step
+    with pytest.raises(NstjaxError, match="step: expected latest, best"):
+        checkpoint_step("newest")
+    with pytest.raises(NstjaxError, match="records val_loss"):
+        export_model(setup["ckpt"], tmp_path / "x.npz", step="best")  # its checkpoint has no val_loss

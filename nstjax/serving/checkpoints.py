@@ -14,6 +14,28 @@ from nstjax.errors import NstjaxError
 from nstjax.training.checkpoint import META_ITEM, STATE_ITEM, check_directory, mismatches, reason, restore_target
 
 
+BEST_METRIC = "val_loss"  # what the trainer ranks checkpoints by (lower is better)
+
+
+def best_step(path: Path, steps: list[int], hint: str) -> int:
+    """The step with the lowest validation loss recorded in its checkpoint."""
+    import json
+
+    scored = []
+    for s in steps:
+        try:
+            meta = json.loads((path / str(s) / META_ITEM / "metadata").read_text())  # nstjax's own metrics
+            value = meta["metrics"].get(BEST_METRIC)
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            continue
+        if isinstance(value, (int, float)) and np.isfinite(value):
+            scored.append((float(value), s))
+    if not scored:
+        raise NstjaxError(f"step=best: no checkpoint in {path} records {BEST_METRIC}; use step=latest or a number; "
+                          f"{hint}")
+    return min(scored)[1]
+
+
 def _unwrap_variables(tree: Any) -> Any:
     """Orbax stores an nnx Variable as {'value': array}; return nnx's "pure dict" form.
 
@@ -34,7 +56,7 @@ def _unwrap_variables(tree: Any) -> Any:
 
 def load_params_for_inference(
     directory: str | Path,
-    step: int | None = None,
+    step: int | str | None = None,
     *,
     params_key: str = "params",
     template: Any = None,
@@ -67,8 +89,10 @@ def load_params_for_inference(
         steps = sorted(mngr.all_steps())
         if not steps:
             raise NstjaxError(f"no finished checkpoint in {path}; {hint}")
-        if step is None:
+        if step is None or step == "latest":
             step = steps[-1]
+        elif step == "best":
+            step = best_step(path, steps, hint)
         elif step not in steps:
             raise NstjaxError(f"checkpoint {path} has no step {step} (available: {steps}); {hint}")
         step_dir = path / str(step)

@@ -15,7 +15,7 @@ from nstjax.serving.loading import CHECKPOINT_HINT, load_source
 from nstjax.serving.stylizer import runner_for
 
 
-def export_model(source: str | os.PathLike, output: str | os.PathLike, *, step: int | None = None,
+def export_model(source: str | os.PathLike, output: str | os.PathLike, *, step: int | str | None = None,
                  kind: str = "params", platforms: list[str] | None = None) -> dict[str, Any]:
     """Checkpoint dir (or artifact) -> artifact file of format `kind`. Returns the header written."""
     import flax

@@ -19,8 +19,16 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     from nstjax.image import save_image
     from nstjax.serving.loading import load_stylizer
 
-    src = open_source(str(cfg.input), cfg.size)
     out = Path(str(cfg.output)).expanduser()
+    existing: list[Path] = []
+
+    def exists(f: Path) -> bool:  # a folder's outputs already written are not redone
+        done = not cfg.overwrite and (out / output_name(f, "folder", Path(str(cfg.input)).expanduser())).exists()
+        if done:
+            existing.append(f)
+        return done
+
+    src = open_source(str(cfg.input), cfg.size, exclude=exists if out.is_dir() else None)
     target = check_output(src, Path(str(cfg.input)).expanduser(), out)
     check_writable(out, "output", directory=target == "dir")
     stylizer = load_stylizer(str(cfg.model_path), step=cfg.step, use_compiled_format=cfg.stablehlo)
@@ -38,10 +46,12 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
             y = np.clip(y, 0.0, 1.0)
             if cfg.color == "luminance":
                 y = colorlib.transfer_luminance(y, content)
+            if cfg.alpha < 1.0:  # style strength: a blend with the photo
+                y = cfg.alpha * y + (1.0 - cfg.alpha) * content
             if target == "image":
                 written.append(str(save_image(y, out)))
             elif target == "dir":
-                written.append(str(save_image(y, out / output_name(key, src.kind))))
+                written.append(str(save_image(y, out / output_name(key, src.kind, src.root))))
             elif video is not None:
                 video.append(y)
             else:
@@ -66,6 +76,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
         "input_kind": src.kind,
         "images": stats.images,
         "skipped": src.skipped,
+        "existing": len(existing),
         "shapes": sorted(list(s) for s in stats.shapes),
         "compiles": len(stylizer.compile_seconds),
         "compile_seconds": float(sum(stylizer.compile_seconds.values())),

@@ -17,7 +17,7 @@ CHECKPOINT_HINT = "was it written by a different nstjax version?"
 ARTIFACT_HINT = "the file is corrupt or was written by another nstjax version"
 
 
-def load_source(path: str | os.PathLike, step: int | None,
+def load_source(path: str | os.PathLike, step: int | str | None,
                 what: str) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     """(flat params, model config, source info incl. the training config) from a checkpoint
     directory (or a run directory holding `checkpoints/`) or an artifact file."""
@@ -63,7 +63,7 @@ def load_artifact(path: str | os.PathLike, *, use_compiled_format: bool = True) 
     return Stylizer(runner.apply, params, meta=meta, backend="params", cache=runner.executables)
 
 
-def load_stylizer(path: str | os.PathLike, *, step: int | None = None, use_compiled_format: bool = True) -> Stylizer:
+def load_stylizer(path: str | os.PathLike, *, step: int | str | None = None, use_compiled_format: bool = True) -> Stylizer:
     """Any artifact or training checkpoint directory -> a callable `Stylizer`.
 
         stylize = nstjax.load_stylizer("mosaic.nstjax.npz")

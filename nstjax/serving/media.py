@@ -6,6 +6,7 @@ atomically (`nstjax.atomic.AtomicPath`): a stopped run never leaves a half-writt
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -60,6 +61,7 @@ class Source:
     loop: int | None = None
     fps: float | None = None
     skipped: int = 0  # unreadable inputs passed over (folders)
+    root: Path | None = None  # a folder input: outputs mirror its sub-directories
 
 
 def _prep(img: np.ndarray, size: int | None) -> np.ndarray:
@@ -109,18 +111,29 @@ def _folder_frames(files: list[Path], size: int | None, src: Source) -> Iterator
         yield f, _prep(img, size)
 
 
-def open_source(path: str, size: int | None) -> Source:
+def folder_images(root: Path) -> list[Path]:
+    """Image files under `root`, recursively (hidden entries skipped), in natural order."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        files += [Path(dirpath, f) for f in filenames
+                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(files, key=lambda f: [_natural_key(Path(part)) for part in f.relative_to(root).parts])
+
+
+def open_source(path: str, size: int | None, exclude: Callable[[Path], bool] | None = None) -> Source:
+    """`exclude(file)` passes over files of a folder before they are read (outputs that exist)."""
     from nstjax.image import load_image
 
     p = Path(path).expanduser()
     if not p.exists():
         raise NstjaxError(f"input {path!r}: file or directory not found")
     if p.is_dir():
-        files = sorted((f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                        and not f.name.startswith(".")), key=_natural_key)
+        files = folder_images(p)
         if not files:
             raise NstjaxError(f"input {path!r}: directory has no image files")
-        src = Source("folder", lambda: _folder_frames(files, size, src), len(files))
+        src = Source("folder", lambda: _folder_frames([f for f in files if not (exclude and exclude(f))], size, src),
+                     len(files), root=p)
         return src
     suffix = p.suffix.lower()
     if suffix in VIDEO_EXTS:
@@ -161,11 +174,12 @@ def open_source(path: str, size: int | None) -> Source:
 # Outputs
 
 
-def output_name(key: Any, kind: str) -> str:
-    """File name of one result in an output directory: the input's name, or frame_NNNNN.png."""
+def output_name(key: Any, kind: str, root: Path | None = None) -> str:
+    """Path of one result inside an output directory: the input's path relative to the input
+    folder (or its name), with an extension nstjax writes; frame_NNNNN.png for frames."""
     if kind in ("image", "folder"):
-        name = Path(key).name
-        return name if Path(name).suffix.lower() in OUTPUT_EXTENSIONS else Path(name).stem + ".png"  # .gif, .ppm
+        rel = Path(key).relative_to(root) if root is not None else Path(Path(key).name)
+        return str(rel if rel.suffix.lower() in OUTPUT_EXTENSIONS else rel.with_suffix(".png"))  # .gif, .ppm
     return f"frame_{int(key):05d}.png"
 
 
