@@ -30,6 +30,7 @@ class JohnsonConfig:
     width: float = 1.0  # multiplies every hidden channel count (32/64/128 at 1.0)
     num_residual: int = 5  # residual blocks at the 1/4-resolution bottleneck
     dtype: str = "float32"  # compute dtype; params stay float32
+    pixel_scale: float = 1.0  # the weights' pixel range: 255 for pytorch/examples' models
 
     def __post_init__(self) -> None:
         try:
@@ -41,6 +42,8 @@ class JohnsonConfig:
             raise NstjaxError(f"model.width must be > 0, got {self.width}")
         if self.num_residual < 0:
             raise NstjaxError(f"model.num_residual must be >= 0, got {self.num_residual}")
+        if not float(self.pixel_scale) > 0:
+            raise NstjaxError(f"model.pixel_scale must be > 0, got {self.pixel_scale}")
         if self.dtype not in DTYPES:
             raise NstjaxError(f"model.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
@@ -177,8 +180,10 @@ class TransformerNet(nnx.Module):
         width: float = 1.0,
         num_residual: int = 5,
         dtype: jnp.dtype | None = jnp.float32,
+        pixel_scale: float = 1.0,
         rngs: nnx.Rngs,
     ) -> None:
+        self.pixel_scale = float(pixel_scale)
         # Non-partitionable threefry: XLA:CPU compiles the partitionable RNG slowly for every
         # kernel shape, and init is not sharded anyway (only which numbers are drawn changes).
         with jax.threefry_partitionable(False):
@@ -222,6 +227,8 @@ class TransformerNet(nnx.Module):
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected an NHWC RGB batch (B, H, W, 3), got shape {x.shape}")
         x, crop = pad_to_multiple(x, SIZE_MULTIPLE, jnp)
+        if self.pixel_scale != 1.0:
+            x = x * self.pixel_scale
         if self.dtype is not None:
             x = x.astype(self.dtype)
 
@@ -233,8 +240,10 @@ class TransformerNet(nnx.Module):
         y = nnx.relu(self.in4(self.deconv1(y)))
         y = nnx.relu(self.in5(self.deconv2(y)))
         y = self.deconv3(y)
-        return crop(y).astype(jnp.float32)
+        y = crop(y).astype(jnp.float32)
+        return y / self.pixel_scale if self.pixel_scale != 1.0 else y
 
 
 def build(cfg: JohnsonConfig, rngs: nnx.Rngs) -> TransformerNet:
-    return TransformerNet(width=cfg.width, num_residual=cfg.num_residual, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+    return TransformerNet(width=cfg.width, num_residual=cfg.num_residual, dtype=jnp.dtype(cfg.dtype),
+                          pixel_scale=cfg.pixel_scale, rngs=rngs)

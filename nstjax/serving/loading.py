@@ -14,6 +14,7 @@ from nstjax.serving.artifact import read_artifact
 from nstjax.serving.stylizer import Stylizer, runner_for
 
 CHECKPOINT_HINT = "was it written by a different nstjax version?"
+TORCH_SUFFIXES = (".pth", ".pt")
 ARTIFACT_HINT = "the file is corrupt or was written by another nstjax version"
 
 
@@ -39,6 +40,11 @@ def load_source(path: str | os.PathLike, step: int | str | None,
         return trees.flatten(params), dict(model), source
     if step is not None:
         raise NstjaxError(f"step={step} only applies to checkpoint directories; {str(p)!r} is a file")
+    if p.suffix.lower() in TORCH_SUFFIXES:  # pytorch/examples' fast_neural_style weights
+        from nstjax.serving.torch_import import johnson_from_state_dict, read_state_dict
+
+        params, model = johnson_from_state_dict(read_state_dict(p))
+        return params, model, {"torch_state_dict": str(p.absolute()), "config": None}
     params, meta, _ = read_artifact(p)
     src = dict(meta.get("source") or {})
     return params, dict(meta["model"]), {**src, "artifact": str(p.absolute()), "config": meta.get("config")}
@@ -85,4 +91,11 @@ def load_stylizer(path: str | os.PathLike, *, step: int | str | None = None, use
             "(python -m nstjax.export) or a checkpoint directory (runs/<run_name>/checkpoints)")
     if step is not None:
         raise NstjaxError(f"step={step} only applies to checkpoint directories; {str(p)!r} is a file")
+    if p.suffix.lower() in TORCH_SUFFIXES:
+        params, model_cfg, src = load_source(p, None, "model_path")
+        runner = runner_for(model_cfg)
+        runner.check(params, f"torch state dict {str(p)!r}", "is it pytorch/examples' TransformerNet?")
+        return Stylizer(runner.apply, {n: params[n] for n in runner.names},
+                        meta={"kind": "torch", "model": model_cfg, "source": src}, backend="params",
+                        cache=runner.executables)
     return load_artifact(p, use_compiled_format=use_compiled_format)
