@@ -1,6 +1,8 @@
 """`nstjax.infer`'s job: stylize an image, a folder, an animation or a video with a network."""
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,22 @@ from nstjax.atomic import check_writable
 from nstjax.config import InferConfig
 from nstjax.serving.media import DEFAULT_FPS, VideoWriter, check_output, open_source, output_name, save_animation
 from nstjax.serving.stream import RunStats, stylize_stream
+from nstjax.serving.tiling import stylize_tiled
+
+
+def tiled_stream(stylizer: Any, items: Iterator[tuple[Any, np.ndarray]], cfg: InferConfig,
+                 stats: RunStats) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
+    """Each image in overlapping tiles (`tile`, `overlap`); one executable for every tile."""
+    for key, img in items:
+        th, tw = min(cfg.tile, img.shape[0]), min(cfg.tile, img.shape[1])
+        n = 1 if (th, tw) == img.shape[:2] else cfg.batch
+        stylizer.compile((n, th, tw, 3))  # outside the timed region
+        stats.shapes.add((n, th, tw, 3))
+        t0 = time.perf_counter()
+        y = stylize_tiled(stylizer, img, tile=cfg.tile, overlap=cfg.overlap, batch=cfg.batch)
+        stats.seconds += time.perf_counter() - t0
+        stats.images += 1
+        yield key, img, y
 
 
 def run_infer(cfg: InferConfig) -> dict[str, Any]:
@@ -41,8 +59,10 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
         # Animation durations are only known once read, so GIF -> video uses fps or the default.
         video = VideoWriter(out, float(cfg.fps or src.fps or DEFAULT_FPS))
     ok = False
+    frames = (stylize_stream(stylizer, src.frames(), batch=cfg.batch, stats=stats) if cfg.tile is None
+              else tiled_stream(stylizer, src.frames(), cfg, stats))
     try:
-        for key, content, y in stylize_stream(stylizer, src.frames(), batch=cfg.batch, stats=stats):
+        for key, content, y in frames:
             y = np.clip(y, 0.0, 1.0)
             if cfg.color == "luminance":
                 y = colorlib.transfer_luminance(y, content)
