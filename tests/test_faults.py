@@ -172,3 +172,6 @@ def test_nonfinite_steps_are_skipped_or_stop_the_run_by_policy(tmp_path, assets)
     for step in (2, 4, 6):  # every checkpoint written is finite
         params = _final_params(tmp_path / "runs" / "k" / "checkpoints", step)
         assert all(np.isfinite(v).all() for v in params.values())
+    r = _run([*args, "train.nonfinite=rollback", "run_name=r"], tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rolled back to checkpoint step" in r.stdout, r.stdout[-2000:]
