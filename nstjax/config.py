@@ -351,6 +351,8 @@ class InferConfig:
     stablehlo: bool = MISSING
     alpha: float = MISSING  # style strength: 1 the network's output, 0 the photo
     tile: Optional[int] = None  # stylize in overlapping tiles of this many px (images larger than memory)
+    start: float = 0.0  # video: first second to stylize
+    duration: Optional[float] = None  # video: seconds to stylize from `start` (None: to the end)
     overlap: int = 64  # tile overlap, blended with feathered weights
     overwrite: bool = MISSING  # folder outputs that exist are skipped unless true
     runtime: Optional[RuntimeConfig] = None
@@ -369,6 +371,8 @@ class InferConfig:
         _one_of(self.color, "color", INFER_COLOR_MODES)
         if self.tile is not None and (self.tile < 16 or self.overlap < 0 or self.tile <= 2 * self.overlap):
             raise NstjaxError(f"tile={self.tile}, overlap={self.overlap}: need tile >= 16 and tile > 2 * overlap >= 0")
+        if self.start < 0 or (self.duration is not None and not self.duration > 0):
+            raise NstjaxError(f"start={self.start}, duration={self.duration}: need start >= 0 and duration > 0")
         if not 0.0 <= self.alpha <= 1.0:
             raise NstjaxError(f"alpha: the style strength must be in [0, 1], got {self.alpha}")
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):

@@ -4,7 +4,7 @@
     python -m nstjax.infer model_path=runs/mosaic/checkpoints input=photos/ output=styled/ size=512
     python -m nstjax.infer model_path=mosaic.nstjax.npz input=clip.gif output=clip_mosaic.gif batch=8
     python -m nstjax.infer model_path=mosaic.nstjax.npz input=frames/ output=anim.gif fps=12
-    python -m nstjax.infer model_path=mosaic.nstjax.npz input=clip.mp4 output=out.mp4  # needs imageio[ffmpeg]
+    python -m nstjax.infer model_path=mosaic.nstjax.npz input=clip.mp4 output=out.mp4 start=10 duration=5  # nstjax[video]
 
 (`model_path`, not `model`: `model` is a config group of the training config.) The network is
 compiled once per input shape; frames of one animation share one executable (the last partial

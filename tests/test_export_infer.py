@@ -62,7 +62,7 @@ def _cfg(**kw):
     """Settings as `python -m nstjax.infer` checks them (nstjax.config.InferConfig)."""
     base = {"model_path": None, "step": None, "input": None, "output": None, "size": SIZE, "batch": 2,
             "color": "none", "fps": None, "stablehlo": True, "alpha": 1.0, "overwrite": False, "tile": None,
-            "overlap": 64}
+            "overlap": 64, "start": 0.0, "duration": None}
     return load(InferConfig, OmegaConf.create({**base, **kw}))
 
 
@@ -199,13 +199,11 @@ def test_bad_inputs_raise_one_clear_error(setup, tmp_path):
         export_model(setup["ckpt"], tmp_path / "x.npz", kind="onnx")
     with pytest.raises(NstjaxError, match="missing_ckpt"):
         export_model(tmp_path / "missing_ckpt", tmp_path / "x.npz")
-    try:
-        import imageio  # noqa: F401
-    except ImportError:
-        (tmp_path / "clip.mp4").write_bytes(b"\x00" * 64)
-        with pytest.raises(NstjaxError, match=r"imageio\[ffmpeg\]"):
-            run_infer(_cfg(model_path=str(art), input=str(tmp_path / "clip.mp4"),
-                           output=str(tmp_path / "o.gif")))
+    (tmp_path / "clip.mp4").write_text("these are meeting notes, not a video\n" * 20)  # text named .mp4
+    for output in ("o.gif", "o.mp4"):
+        with pytest.raises(NstjaxError, match="not a readable video") as e:
+            run_infer(_cfg(model_path=str(art), input=str(tmp_path / "clip.mp4"), output=str(tmp_path / output)))
+        assert "clip.mp4" in str(e.value) and "\n" not in str(e.value)
 
 
 def _cli(module, args, cwd):
@@ -339,3 +337,73 @@ def test_an_8k_image_stylizes_in_tiles_within_memory(setup, tmp_path, photos):
     assert Image.open(out).size == (7680, 4320)
     assert "512x512" in r.stdout  # every tile ran through one executable
     assert peak_mb < 6000, peak_mb  # whole-image float32 buffers are ~0.4 GB each; no 8K network activations
+
+
+def _make_clip(path, photos, fps=8, per_photo=4, seconds_of_audio=1.5):
+    """A real H.264 clip of validation photos with an AAC audio track (a 440 Hz tone)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = out.add_stream("aac", rate=44100, layout="mono")
+        i = 0
+        for p in photos:
+            rgb = np.asarray(Image.open(p).convert("RGB").resize((64, 48)))
+            for _ in range(per_photo):
+                f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                f.pts, i = i, i + 1
+                out.mux(v.encode(f))
+        out.mux(v.encode())
+        t = np.arange(int(44100 * seconds_of_audio)) / 44100
+        wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        for k in range(0, len(wave) - 1023, 1024):
+            af = av.AudioFrame.from_ndarray(wave[None, k:k + 1024], format="fltp", layout="mono")
+            af.sample_rate, af.pts = 44100, k
+            out.mux(a.encode(af))
+        out.mux(a.encode())
+
+
+def _streams(path):
+    import av
+
+    with av.open(str(path)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0] if c.streams.audio else None
+        info = {"fps": float(v.average_rate), "frames": v.frames, "size": (v.codec_context.width, v.codec_context.height),
+                "video_s": float(v.duration * v.time_base)}
+        if a is not None:
+            info |= {"audio_codec": a.codec_context.name, "audio_rate": a.rate, "audio_s": float(a.duration * a.time_base)}
+        return info
+
+
+def test_video_keeps_rate_size_frames_and_audio(setup, tmp_path, photos):
+    from nstjax.serving.loading import load_artifact
+    from nstjax.serving.video import read_frames
+
+    clip = tmp_path / "clip.mp4"
+    _make_clip(clip, [photos / "val" / f"kodak24_kodim0{i}.jpg" for i in (1, 2, 3)])
+    src = _streams(clip)
+    out = tmp_path / "clip_styled.mp4"
+    r = run_infer(_cfg(model_path=str(setup["artifact"]), input=str(clip), output=str(out), size=None, batch=4))
+    got = _streams(out)
+    assert got["fps"] == src["fps"] == 8 and got["frames"] == src["frames"] == 12 and got["size"] == (64, 48)
+    assert got["audio_codec"] == "aac" and got["audio_rate"] == 44100  # the audio stream, copied
+    assert abs(got["audio_s"] - src["audio_s"]) < 0.05 and r["audio_packets"] > 50
+    assert r["compiles"] == 1 and r["images"] == 12  # every batch of frames through one executable
+    # Each frame is the network's output for that input frame (up to H.264 at crf 18).
+    stylize = load_artifact(setup["artifact"])
+    frames_in = np.stack(list(read_frames(clip))).astype(np.float32) / 255
+    frames_out = np.stack(list(read_frames(out))).astype(np.float32) / 255
+    want = np.clip(stylize(frames_in), 0, 1)
+    luma = np.array([0.299, 0.587, 0.114], np.float32)  # yuv420p keeps luma whole, chroma at half size
+    err = np.abs(frames_out @ luma - want @ luma).mean()
+    assert err < 0.03, err
+    assert np.abs(frames_out @ luma - np.roll(want, 4, 0) @ luma).mean() > 5 * err  # frames in order
+    assert np.abs(frames_out - frames_in).mean() > 0.1  # stylized, not copied
+    # A cut: from 0.5 s, 0.5 s long; its audio is cut with it.
+    cut = tmp_path / "cut.mp4"
+    run_infer(_cfg(model_path=str(setup["artifact"]), input=str(clip), output=str(cut), size=None, start=0.5,
+                   duration=0.5))
+    got = _streams(cut)
+    assert got["frames"] == 4 and abs(got["video_s"] - 0.5) < 1e-6 and abs(got["audio_s"] - 0.5) < 0.05
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left

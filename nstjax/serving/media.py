@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,27 +24,8 @@ log = logging.getLogger(__name__)
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 ANIM_EXTS = (".gif", ".webp", ".png", ".apng")  # Pillow writes all of these with save_all=True
 DEFAULT_FPS = 10.0
-IMAGEIO_HINT = ("install it with `pip install 'imageio[ffmpeg]'`, or extract the frames to a directory "
-                "(ffmpeg -i IN frames/%05d.png) and pass input=frames/")
-
-
 def _natural_key(p: Path) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
-
-
-def _imageio(what: str) -> Any:
-    """imageio's v2 API with its FFMPEG plugin (what `pip install 'imageio[ffmpeg]'` provides)."""
-    try:
-        import imageio.v2 as imageio
-        import imageio_ffmpeg  # noqa: F401  (the plugin's ffmpeg binary)
-    except ImportError:
-        raise NstjaxError(
-            f"{what}: video files need imageio with ffmpeg, which is not installed; {IMAGEIO_HINT}"
-        ) from None
-    # imageio runs ffmpeg with subprocess (fork + immediate exec), which is safe; JAX's
-    # "os.fork() was called" warning would only be noise here.
-    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-    return imageio
 
 
 # --------------------------------------------------------------------------------------
@@ -62,6 +42,7 @@ class Source:
     fps: float | None = None
     skipped: int = 0  # unreadable inputs passed over (folders)
     root: Path | None = None  # a folder input: outputs mirror its sub-directories
+    path: Path | None = None  # a video input: read again by the video pipeline
 
 
 def _prep(img: np.ndarray, size: int | None) -> np.ndarray:
@@ -137,25 +118,20 @@ def open_source(path: str, size: int | None, exclude: Callable[[Path], bool] | N
         return src
     suffix = p.suffix.lower()
     if suffix in VIDEO_EXTS:
-        iio = _imageio(f"input {path!r}")
-        try:
-            reader = iio.get_reader(str(p), format="FFMPEG")
-            fps = reader.get_meta_data().get("fps")
-        except Exception as e:
-            raise NstjaxError(f"input {path!r}: cannot read video ({type(e).__name__}: {e})") from None
+        from nstjax.serving.video import probe, read_frames
+
+        info = probe(p)
 
         def video_frames() -> Iterator[tuple[Any, np.ndarray]]:
             try:
-                for i, frame in enumerate(reader):
-                    a = np.asarray(frame)
-                    a = a[..., :3] if a.ndim == 3 else np.repeat(a[..., None], 3, axis=-1)
-                    yield i, _prep(a.astype(np.float32) / 255.0, size)
+                for i, frame in enumerate(read_frames(p)):
+                    yield i, _prep(frame.astype(np.float32) / 255.0, size)
+            except NstjaxError:
+                raise
             except Exception as e:
                 raise NstjaxError(f"input {path!r}: cannot decode video ({type(e).__name__}: {e})") from None
-            finally:
-                reader.close()
 
-        return Source("video", video_frames, None, fps=float(fps) if fps else None)
+        return Source("video", video_frames, info.frames, fps=float(info.fps), path=p)
     if suffix not in IMAGE_EXTENSIONS:
         raise NstjaxError(
             f"input {path!r}: unknown extension {p.suffix or '(none)'!r}; expected an image, an animated "
@@ -201,22 +177,40 @@ def save_animation(frames: list[np.ndarray], path: Path, durations: list[int], l
 
 
 class VideoWriter:
-    """Streams frames into a video via imageio/ffmpeg; the file appears (renamed) on close()."""
+    """Streams frames (any source) into an H.264 video; the file appears (renamed) on close()."""
 
     def __init__(self, path: Path, fps: float) -> None:
-        iio = _imageio(f"output {str(path)!r}")
+        from fractions import Fraction
+
+        from nstjax.serving.video import _av
+
+        self.av = _av(f"output {str(path)!r}")
         self.target = AtomicPath(path, suffix=path.suffix)
-        # macro_block_size=2: even sides for yuv420p, no resizing to multiples of 16.
-        self.writer = iio.get_writer(str(self.target.tmp), format="FFMPEG", fps=fps, macro_block_size=2)
+        self.out = self.av.open(str(self.target.tmp), mode="w")
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.stream = None
+        self.n = 0
 
     def append(self, frame: np.ndarray) -> None:
         from nstjax.image import to_uint8
 
-        self.writer.append_data(to_uint8(frame))
+        rgb = to_uint8(frame)
+        if self.stream is None:
+            codec = "libx264" if "libx264" in self.av.codecs_available else "mpeg4"
+            self.stream = self.out.add_stream(codec, rate=self.fps)
+            self.stream.width, self.stream.height = rgb.shape[1] + rgb.shape[1] % 2, rgb.shape[0] + rgb.shape[0] % 2
+            self.stream.pix_fmt = "yuv420p"
+        pad = ((0, self.stream.height - rgb.shape[0]), (0, self.stream.width - rgb.shape[1]), (0, 0))
+        vf = self.av.VideoFrame.from_ndarray(np.pad(rgb, pad, mode="edge"), format="rgb24")
+        vf.pts = self.n
+        self.n += 1
+        self.out.mux(self.stream.encode(vf))
 
     def close(self, ok: bool) -> None:
         try:
-            self.writer.close()
+            if self.stream is not None:
+                self.out.mux(self.stream.encode())
+            self.out.close()
         except BaseException:
             self.target.abort()
             raise
@@ -240,7 +234,9 @@ def check_output(src: Source, inp: Path, out: Path) -> str:
     if out.is_dir() or not suffix:
         return "dir"
     if suffix in VIDEO_EXTS:
-        _imageio(f"output {str(out)!r}")
+        from nstjax.serving.video import _av
+
+        _av(f"output {str(out)!r}")
         return "video"
     # For a folder, out.png most likely means a mistake, not an APNG: ask for .apng explicitly.
     anim = ANIM_EXTS if src.kind != "folder" else tuple(e for e in ANIM_EXTS if e != ".png")
