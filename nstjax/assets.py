@@ -2,7 +2,7 @@
 
 Resolution order for a name like ``data/styles/mosaic.jpg``:
 1. an existing path as given (absolute or relative to the working directory);
-2. ``$NSTJAX_ASSETS/<name>`` (or the ``assets_dir`` setting), laid out like ../shared;
+2. ``$NSTJAX_ASSETS/<name>`` (or the ``assets_dir`` setting): ``weights/...``, ``data/styles/...``, ``data/content/...``;
 3. the user cache ``$NSTJAX_CACHE`` (default ``~/.cache/nstjax``);
 4. a download from the file's public home, verified by sha256 and moved into the cache
    atomically, so a partial or corrupt download never lands in the cache.
