@@ -30,6 +30,17 @@ ROOT = HERE.parent
 TORCH_PY = ROOT / ".venv-bench" / "bin" / "python"
 
 
+def median_call(fn, repeats: int):
+    """(median seconds of `repeats` calls after one warmup call, the last result)."""
+    y = fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        y = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), y
+
+
 def torch_child(args: argparse.Namespace) -> None:
     import torch
 
@@ -55,13 +66,8 @@ def torch_child(args: argparse.Namespace) -> None:
             model = net.to(memory_format=torch.channels_last if fmt == "channels_last" else torch.contiguous_format)
             inp = xb.to(memory_format=torch.channels_last) if fmt == "channels_last" else xb
             with torch.no_grad():
-                y = model(inp)  # warmup
-                times = []
-                for _ in range(args.repeats):
-                    t0 = time.perf_counter()
-                    y = model(inp)
-                    times.append(time.perf_counter() - t0)
-            ms = 1e3 * float(np.median(times)) / int(batch)
+                seconds, y = median_call(lambda: model(inp), args.repeats)
+            ms = 1e3 * seconds / int(batch)
             if best is None or ms < best[0]:
                 best = (ms, fmt, (y[0].permute(1, 2, 0).numpy() / 255.0).astype(np.float32))
         np.save(Path(args.inputs) / f"torch_{size}_{batch}.npy", best[2])
@@ -82,14 +88,9 @@ def nstjax_child(args: argparse.Namespace) -> None:
         x = np.load(Path(args.inputs) / f"{size}.npy")
         xb = np.repeat(x[None], int(batch), 0)
         stylize.compile(xb.shape)
-        y = stylize(xb)  # warmup
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            y = stylize(xb)
-            times.append(time.perf_counter() - t0)
+        seconds, y = median_call(lambda: stylize(xb), args.repeats)
         want = np.load(Path(args.inputs) / f"torch_{size}_{batch}.npy")
-        results[spec] = {"ms_per_image": 1e3 * float(np.median(times)) / int(batch),
+        results[spec] = {"ms_per_image": 1e3 * seconds / int(batch),
                          "compile_s": float(list(stylize.compile_seconds.values())[-1]),
                          "max_abs_diff_vs_torch": float(np.abs(y[0] - want).max())}
     json.dump({"jax": jax.__version__, "device": jax.devices()[0].device_kind, "cases": results},

@@ -249,12 +249,12 @@ class UpsampleConvLayer(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, ch):
+    def __init__(self, ch, track_running_stats=False):
         super().__init__()
         self.conv1 = ConvLayer(ch, ch, 3, 1)
-        self.in1 = nn.InstanceNorm2d(ch, affine=True)
+        self.in1 = nn.InstanceNorm2d(ch, affine=True, track_running_stats=track_running_stats)
         self.conv2 = ConvLayer(ch, ch, 3, 1)
-        self.in2 = nn.InstanceNorm2d(ch, affine=True)
+        self.in2 = nn.InstanceNorm2d(ch, affine=True, track_running_stats=track_running_stats)
         self.relu = nn.ReLU()
 
     def forward(self, x):
@@ -264,33 +264,36 @@ class ResidualBlock(nn.Module):
 
 
 class TransformerNet(nn.Module):
-    """pytorch/examples fast_neural_style TransformerNet (same layout as nstjax)."""
+    """pytorch/examples fast_neural_style TransformerNet (same layout and names as nstjax).
 
-    def __init__(self):
+    `channels`/`blocks` shrink it (test fixtures); `track_running_stats=True` gives the
+    InstanceNorm running statistics that the state dicts of old torch versions carry.
+    """
+
+    def __init__(self, channels=(32, 64, 128), blocks=5, track_running_stats=False):
         super().__init__()
-        self.conv1 = ConvLayer(3, 32, 9, 1)
-        self.in1 = nn.InstanceNorm2d(32, affine=True)
-        self.conv2 = ConvLayer(32, 64, 3, 2)
-        self.in2 = nn.InstanceNorm2d(64, affine=True)
-        self.conv3 = ConvLayer(64, 128, 3, 2)
-        self.in3 = nn.InstanceNorm2d(128, affine=True)
-        self.res1 = ResidualBlock(128)
-        self.res2 = ResidualBlock(128)
-        self.res3 = ResidualBlock(128)
-        self.res4 = ResidualBlock(128)
-        self.res5 = ResidualBlock(128)
-        self.deconv1 = UpsampleConvLayer(128, 64, 3, 1, upsample=2)
-        self.in4 = nn.InstanceNorm2d(64, affine=True)
-        self.deconv2 = UpsampleConvLayer(64, 32, 3, 1, upsample=2)
-        self.in5 = nn.InstanceNorm2d(32, affine=True)
-        self.deconv3 = ConvLayer(32, 3, 9, 1)
+        c1, c2, c3 = channels
+
+        def norm(ch):
+            return nn.InstanceNorm2d(ch, affine=True, track_running_stats=track_running_stats)
+
+        self.conv1, self.in1 = ConvLayer(3, c1, 9, 1), norm(c1)
+        self.conv2, self.in2 = ConvLayer(c1, c2, 3, 2), norm(c2)
+        self.conv3, self.in3 = ConvLayer(c2, c3, 3, 2), norm(c3)
+        self.blocks = blocks
+        for i in range(blocks):
+            setattr(self, f"res{i + 1}", ResidualBlock(c3, track_running_stats))
+        self.deconv1, self.in4 = UpsampleConvLayer(c3, c2, 3, 1, upsample=2), norm(c2)
+        self.deconv2, self.in5 = UpsampleConvLayer(c2, c1, 3, 1, upsample=2), norm(c1)
+        self.deconv3 = ConvLayer(c1, 3, 9, 1)
         self.relu = nn.ReLU()
 
     def forward(self, x):
         y = self.relu(self.in1(self.conv1(x)))
         y = self.relu(self.in2(self.conv2(y)))
         y = self.relu(self.in3(self.conv3(y)))
-        y = self.res5(self.res4(self.res3(self.res2(self.res1(y)))))
+        for i in range(self.blocks):
+            y = getattr(self, f"res{i + 1}")(y)
         y = self.relu(self.in4(self.deconv1(y)))
         y = self.relu(self.in5(self.deconv2(y)))
         return self.deconv3(y)
