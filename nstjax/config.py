@@ -201,6 +201,7 @@ class DataConfig:
     data_dir: Optional[str] = None
     val_path: Optional[str] = None  # None: hold out train.samples images of the training source
     size: int = MISSING
+    resize: Optional[int] = None  # short side before the random crop; None: `size`
     workers: int = 0
     threads: int = 4
     prefetch: int = 2
@@ -210,6 +211,9 @@ class DataConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise NstjaxError(f"data.{key} must be an integer >= {minimum}, got {value!r}")
+        if self.resize is not None and self.resize < self.size:
+            raise NstjaxError(f"data.resize={self.resize} is below data.size={self.size}: the short side must "
+                              "hold a whole crop (null resizes to data.size)")
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -228,6 +232,7 @@ class TrainLoopConfig:
     log_every: int = MISSING
     sample_every: int = MISSING
     samples: int = MISSING
+    val_sizes: List[int] = dataclasses.field(default_factory=list)  # long sides the outputs are judged at
     save_every: int = MISSING
     keep_last: int = MISSING
     ckpt_dir: str = MISSING
@@ -247,6 +252,8 @@ class TrainLoopConfig:
         for key in ("warmup", "log_every", "save_every", "sample_every"):
             _positive(getattr(self, key), f"train.{key}", 0)
         _positive(self.samples, "train.samples")
+        for side in self.val_sizes:
+            _positive(side, "train.val_sizes", 16)
         _positive(self.keep_last, "train.keep_last")
 
 
@@ -345,6 +352,7 @@ class InferConfig:
     input: Optional[str] = None
     output: Optional[str] = None
     size: Optional[int] = None
+    net_size: Optional[int] = None  # long side the network runs at; outputs resized back (stroke scale)
     batch: int = MISSING
     color: str = MISSING
     fps: Optional[float] = None
@@ -366,6 +374,8 @@ class InferConfig:
                 raise NstjaxError(f"{key}: not set; pass {key}=PATH ({hint})")
         if self.size is not None and self.size < 1:
             raise NstjaxError(f"size: expected a positive long side in pixels or null, got {self.size!r}")
+        if self.net_size is not None and self.net_size < 16:
+            raise NstjaxError(f"net_size: expected a long side of at least 16 px or null, got {self.net_size!r}")
         if self.batch < 1:
             raise NstjaxError(f"batch: expected a positive integer, got {self.batch!r}")
         _one_of(self.color, "color", INFER_COLOR_MODES)
@@ -379,8 +389,61 @@ class InferConfig:
             raise NstjaxError(f"fps: expected a positive number or null, got {self.fps!r}")
 
 
+# --------------------------------------------------------------------------- evaluate
+
+
+@dataclass
+class EvalPhotosConfig:
+    path: Optional[str] = None  # a photo or a folder of photos (recursive)
+    limit: Optional[int] = None  # the first N photos (sorted by name)
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise NstjaxError("data.path: not set; pass data.path=PHOTO_OR_FOLDER")
+        if self.limit is not None:
+            _positive(self.limit, "data.limit")
+
+
+GATYS_OPTIMIZERS = ("lbfgs", "adam")
+
+
+@dataclass
+class EvaluateConfig:
+    model_path: Optional[str] = None
+    step: Optional[str] = None  # latest | best | N (checkpoint directories)
+    data: EvalPhotosConfig = MISSING
+    sizes: List[int] = MISSING  # long sides the outputs are judged at
+    square: bool = MISSING  # centre square crops (as training validation) or the photos' own aspect
+    style_scale: float = MISSING  # style targets from the style image at style_scale x the long side
+    style: Optional[StyleConfig] = None  # None: the style the model was trained on
+    loss: Optional[TrainLossConfig] = None
+    loss_from_model: bool = MISSING  # judge with the model's own training loss and VGG pooling, if recorded
+    gatys_steps: int = MISSING  # > 0: also optimize each photo with Gatys on the same loss (the reference)
+    gatys_optimizer: str = MISSING
+    output: Optional[str] = None  # JSON report
+    images: Optional[str] = None  # directory for photo | network | Gatys strips
+    vgg: VggConfig = MISSING
+    runtime: Optional[RuntimeConfig] = None
+    assets_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        self.step = checkpoint_step(self.step)
+        if not self.model_path:
+            raise NstjaxError("model_path: not set; pass model_path=ARTIFACT|CHECKPOINT_DIR|.pth")
+        if not self.sizes:
+            raise NstjaxError("sizes: give at least one long side, e.g. sizes=[512,1024]")
+        for side in self.sizes:
+            _positive(side, "sizes", 16)
+        if not self.style_scale > 0:
+            raise NstjaxError(f"style_scale must be > 0, got {self.style_scale}")
+        _positive(self.gatys_steps, "gatys_steps", 0)
+        _one_of(self.gatys_optimizer, "gatys_optimizer", GATYS_OPTIMIZERS)
+        if self.output and not self.output.lower().endswith(".json"):
+            raise NstjaxError(f"output {self.output!r}: the report is JSON; use a name ending in .json")
+
+
 SCHEMAS: dict[str, type] = {"stylize": StylizeConfig, "train": TrainConfig, "export": ExportConfig,
-                            "infer": InferConfig}
+                            "infer": InferConfig, "evaluate": EvaluateConfig}
 
 
 # --------------------------------------------------------------------------- loading

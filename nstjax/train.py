@@ -16,12 +16,14 @@ from nstjax.config import TrainConfig
 
 @entry_point("train", TrainConfig)
 def main(cfg: TrainConfig, run_dir: Path) -> None:
-    from nstjax.training.loop import run_train
+    from nstjax.training.loop import report_line, run_train
 
     s = run_train(cfg, run_dir)
     if s:
-        print(f"done at step {s['step']}: val content {s['val']['content']:.4g}, style {s['val']['style']:.4g} "
-              f"(photos' own style loss {s['val_photo_style_loss']:.4g}, {s['style_loss_reduction']:.1f}x lower)")
+        at = report_line({int(k): v for k, v in s["val_at"].items()})
+        print(f"done at step {s['step']}: on the {cfg.data.size} px training crops: val content {s['val']['content']:.4g}, "
+              f"style {s['val']['style']:.4g} (photos' own style loss {s['val_photo_style_loss']:.4g}, "
+              f"{s['style_loss_reduction']:.1f}x lower)" + (f"; {at}" if at else ""))
 
 
 if __name__ == "__main__":

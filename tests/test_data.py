@@ -292,3 +292,21 @@ def test_exif_orientation_is_applied(train, tmp_path):
         w, h = im.size
     out = decode_short_side((tmp_path / "rotated.jpg").read_bytes(), 64)
     assert out.height > out.width and w > h
+
+
+def test_data_resize_crops_windows_of_the_photo_at_that_scale(photos):
+    from nstjax.training.data import DecodeCropFlip, Encoded, decode_short_side
+
+    f = sorted((photos / "train").iterdir())[0]
+    item = Encoded(f.name, f.read_bytes())
+    for resize in (None, 4 * SIZE):
+        scaled = np.asarray(decode_short_side(item.data, resize or SIZE), np.int16)
+        crop = np.asarray(DecodeCropFlip(SIZE, resize).random_map(item, np.random.default_rng(1)), np.int16)
+        assert crop.shape == (SIZE, SIZE, 3)
+        # The crop is a window of the photo at the `resize` scale (possibly mirrored), pixel for pixel.
+        found = any(np.array_equal(scaled[y:y + SIZE, x:x + SIZE], c)
+                    for c in (crop, crop[:, ::-1]) for y in range(scaled.shape[0] - SIZE + 1)
+                    for x in range(scaled.shape[1] - SIZE + 1))
+        assert found, resize
+    with pytest.raises(NstjaxError, match="data.resize=32 is below data.size=64"):
+        folder_cfg(photos / "train", resize=32)

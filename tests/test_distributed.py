@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-TINY = ["experiment=cpu_quick", "model.width=0.125", "model.num_residual=1", "data.size=32",
+TINY = ["experiment=cpu_quick", "model.width=0.125", "model.num_residual=1", "data.size=32", "train.val_sizes=[64]",
         "loss.style_size=64", "train.samples=2", "train.log_every=2", "wandb=offline", "train.sample_every=0"]
 
 

@@ -407,3 +407,24 @@ def test_video_keeps_rate_size_frames_and_audio(setup, tmp_path, photos):
     got = _streams(cut)
     assert got["frames"] == 4 and abs(got["video_s"] - 0.5) < 1e-6 and abs(got["audio_s"] - 0.5) < 0.05
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
+
+
+def test_net_size_runs_the_network_at_its_scale_and_keeps_the_output_size(setup, tmp_path, assets):
+    from nstjax.image import fit_size, load_image, resize
+
+    photo = assets / "data" / "content" / "chicago.jpg"  # 712x474: not square, not a multiple of 4
+    x = load_image(photo)
+    stylize = load_artifact(setup["artifact"])
+    outs = {}
+    for net_size in (96, None):
+        out = tmp_path / f"c_{net_size}.png"
+        r = run_infer(_cfg(model_path=str(setup["artifact"]), input=str(photo), output=str(out), size=None,
+                           net_size=net_size))
+        outs[net_size] = _png(out)
+        assert outs[net_size].shape == x.shape  # the output keeps the photo's size either way
+    small_hw = fit_size(x.shape[:2], 96)
+    assert r["images"] == 1
+    want = resize(stylize(resize(x, small_hw)), x.shape[:2])  # the network at 96 px, resized back
+    assert np.abs(outs[96] - to_uint8(want)).max() <= 1
+    # A different stroke scale is a different image, not a resampling of the full-size one.
+    assert np.abs(outs[96] - outs[None]).mean() > 5

@@ -31,6 +31,14 @@ def tiled_stream(stylizer: Any, items: Iterator[tuple[Any, np.ndarray]], cfg: In
         yield key, img, y
 
 
+def at_net_size(items: Iterator[tuple[Any, np.ndarray]],
+                net_size: int) -> Iterator[tuple[tuple[Any, np.ndarray], np.ndarray]]:
+    """(key, image) -> ((key, image), image at long side `net_size`): the network runs small or
+    large, and the full-size image travels with the key for resizing back and blending."""
+    for key, img in items:
+        yield (key, img), resize(img, fit_size(img.shape[:2], net_size))
+
+
 def _postprocess(cfg: InferConfig, y: np.ndarray, content: np.ndarray) -> np.ndarray:
     from nstjax import color as colorlib
 
@@ -50,7 +58,8 @@ def _video_to_video(cfg: InferConfig, src: Any, out: Path, stylizer: Any) -> dic
     from nstjax.serving.video import probe, stylize_video
 
     info = probe(src.path)
-    size = None if cfg.size is None else fit_size((info.height, info.width), cfg.size)
+    work = cfg.net_size or cfg.size  # video keeps its own size: both only set where the network runs
+    size = None if work is None else fit_size((info.height, info.width), work)
     stats = RunStats()
     bar = tqdm(total=info.frames, desc="stylize video", unit="frame", dynamic_ncols=True)
 
@@ -113,10 +122,13 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
         # Animation durations are only known once read, so GIF -> video uses fps or the default.
         video = VideoWriter(out, float(cfg.fps or src.fps or DEFAULT_FPS))
     ok = False
-    frames = (stylize_stream(stylizer, src.frames(), batch=cfg.batch, stats=stats) if cfg.tile is None
-              else tiled_stream(stylizer, src.frames(), cfg, stats))
+    items = src.frames() if cfg.net_size is None else at_net_size(src.frames(), cfg.net_size)
+    frames = (stylize_stream(stylizer, items, batch=cfg.batch, stats=stats) if cfg.tile is None
+              else tiled_stream(stylizer, items, cfg, stats))
     try:
         for key, content, y in frames:
+            if cfg.net_size is not None:  # back to the output size; blends use the full-size photo
+                (key, content), y = key, resize(y, key[1].shape[:2])
             y = _postprocess(cfg, y, content)
             if target == "image":
                 written.append(str(save_image(y, out)))

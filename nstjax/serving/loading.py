@@ -81,8 +81,8 @@ def load_stylizer(path: str | os.PathLike, *, step: int | str | None = None, use
         where = f"checkpoint {p}"
         runner = runner_for(model_cfg)
         runner.check(params, where, CHECKPOINT_HINT)
-        src.pop("config", None)
-        meta = {"kind": "checkpoint", "model": model_cfg, "source": src}
+        config = src.pop("config", None)
+        meta = {"kind": "checkpoint", "model": model_cfg, "source": src, "config": config}
         return Stylizer(runner.apply, {n: params[n] for n in runner.names}, meta=meta, backend="params",
                         cache=runner.executables)
     if not p.exists():

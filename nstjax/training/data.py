@@ -240,21 +240,25 @@ def decode_short_side(data: bytes, size: int) -> Image.Image:
 
 
 class DecodeCropFlip(grain.transforms.RandomMap):
-    """Encoded -> uint8 (size, size, 3): short-side resize, random crop, random horizontal flip.
+    """Encoded -> uint8 (size, size, 3): short-side resize (to `resize`, default `size`), random
+    crop, random horizontal flip.
 
+    A `resize` above `size` crops windows of the photo at the scale of use (e.g. 128 px windows
+    of a photo seen at 512 px), so the network learns strokes for scenes at that scale.
     Returns the `_BAD` marker (and logs why) instead of raising, so one bad file never stops
     training; the batching step drops and counts markers.
     """
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, resize: int | None = None):
         self.size = size
+        self.resize = resize or size
 
     def random_map(self, element: Encoded, rng: np.random.Generator) -> np.ndarray:
         if element.error:
             log.warning("skipping image %s: %s", element.name, element.error)
             return _BAD
         try:
-            im = decode_short_side(element.data, self.size)
+            im = decode_short_side(element.data, self.resize)
         except Exception as e:  # PIL raises many types for corrupt, truncated or odd files
             log.warning("skipping unreadable image %s: %s: %s", element.name, type(e).__name__, e)
             return _BAD
@@ -394,16 +398,18 @@ class TrainData:
         self._last = TrainIterator(iter(self.dataset), self.workers)
         return self._last
 
-    def validation_images(self) -> np.ndarray:
-        """The held-out images (`make_dataset(holdout=N)`) as float32 (N, size, size, 3):
-        short-side resize + centre crop; unreadable ones are left out."""
+    def validation_images(self, size: int | None = None) -> np.ndarray:
+        """The held-out images (`make_dataset(holdout=N)`) as float32 (N, size, size, 3), at
+        the training size unless `size` is given: short-side resize + centre crop; unreadable
+        ones are left out."""
+        size = size or self.size
         images = []
         for i in range(len(self.held_out)):
             item = self.held_out[i]
             try:
                 if item.error:
                     raise ValueError(item.error)
-                images.append(np.asarray(_center_crop_pil(decode_short_side(item.data, self.size), self.size)))
+                images.append(np.asarray(_center_crop_pil(decode_short_side(item.data, size), size)))
             except Exception as e:  # noqa: BLE001 - one bad image must not end the run
                 log.warning("leaving validation image %s out: %s: %s", item.name, type(e).__name__, e)
         if not images:
@@ -461,7 +467,7 @@ def make_dataset(
     ds = grain.MapDataset.source(source)
     if process_count > 1:
         ds = ds[process_index::process_count]
-    ds = ds.seed(int(seed) % 2**32).shuffle().repeat().random_map(DecodeCropFlip(data.size))
+    ds = ds.seed(int(seed) % 2**32).shuffle().repeat().random_map(DecodeCropFlip(data.size, data.resize))
     buffer = max(data.threads, batch_size * max(data.prefetch, 1))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.threads, prefetch_buffer_size=buffer))
     if data.workers:

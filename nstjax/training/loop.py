@@ -23,16 +23,33 @@ def sample_grid(photos: np.ndarray, outputs: np.ndarray) -> np.ndarray:
 
 
 def load_styles(cfg: TrainConfig) -> list[np.ndarray]:
+    """The style image(s) at full size (the training targets resize them to `loss.style_size`)."""
     from nstjax import assets
-    from nstjax.image import fit_size, load_image, resize
+    from nstjax.image import load_image
 
-    styles = []
-    for p in cfg.style.image:
-        img = load_image(assets.resolve(p, assets=cfg.assets_dir, what="style.image"), what="style.image")
-        if cfg.loss.style_size:
-            img = resize(img, fit_size(img.shape[:2], cfg.loss.style_size))
-        styles.append(img)
-    return styles
+    return [load_image(assets.resolve(p, assets=cfg.assets_dir, what="style.image"), what="style.image")
+            for p in cfg.style.image]
+
+
+def at_style_size(styles: list[np.ndarray], style_size: int | None) -> list[np.ndarray]:
+    from nstjax.image import fit_size, resize
+
+    return [resize(s, fit_size(s.shape[:2], style_size)) if style_size else s for s in styles]
+
+
+def validation_report(trainer: Any, judge: Any, photos: dict[int, np.ndarray]) -> dict[int, dict[str, float]]:
+    """The network's outputs judged at every validation size (long side -> terms, layout)."""
+    report = {}
+    for side, xs in photos.items():
+        ys = [trainer.stylize(x[None])[0] for x in xs]  # one photo at a time: 1024 px fits anywhere
+        report[side] = judge.report(list(xs), ys)
+    return report
+
+
+def report_line(report: dict[int, dict[str, float]]) -> str:
+    return "; ".join(f"at {side} px: style {r['style']:.4g} ({r['style_loss_reduction']:.1f}x below the photos'), "
+                     f"content {r['content']:.4g}, edges {r['edge_corr_own']:.2f} vs {r['edge_corr_other']:.2f}"
+                     for side, r in report.items())
 
 
 def check_free_space(ckpt_dir: str, state: Any) -> None:
@@ -54,6 +71,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     from nstjax.image import save_image
     from nstjax.networks import build_network, parse_dtype
     from nstjax.perceptual import Encoder
+    from nstjax.evaluation.judge import Judge
     from nstjax.tracking import Tracker
     from nstjax.training import distributed
     from nstjax.training.checkpoint import Checkpointer
@@ -80,17 +98,26 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     # Validation photos: data.val_path, or a fixed held-out slice of the training source.
     data = make_dataset(cfg.data, batch_size=batch_size // procs, seed=t.seed, process_index=jax.process_index(),
                         process_count=procs, holdout=0 if cfg.data.val_path else t.samples)
-    val = (load_val_images(cfg.data.val_path, cfg.data.size, limit=t.samples) if cfg.data.val_path
-           else data.validation_images())
+    def val_images(side: int) -> np.ndarray:
+        return (load_val_images(cfg.data.val_path, side, limit=t.samples) if cfg.data.val_path
+                else data.validation_images(side))
+
+    val = val_images(cfg.data.size)
     val = val[: max(n_dev, len(val) // n_dev * n_dev)]
+    # The same photos at the sizes users run the network at, judged there (nstjax.evaluation.judge).
+    val_at = {side: val_images(side) for side in t.val_sizes}
 
     vgg = load_vgg19(cfg.vgg.weights, pooling=cfg.vgg.pooling, dtype=parse_dtype(cfg.model.dtype),
                      assets_dir=cfg.assets_dir, conv_impl=cfg.vgg.conv_impl)
     model = build_network(cfg.model, rngs=nnx.Rngs(t.seed))
     tx, schedule = make_optimizer(t.lr, steps, t.lr_schedule, t.warmup, t.clip_norm or None)
     encoder = Encoder(vgg, loss.layers)
-    grams = loss.style_targets(encoder, styles, cfg.style.blend_weights or None)
+    blend = cfg.style.blend_weights or None
+    grams = loss.style_targets(encoder, at_style_size(styles, cfg.loss.style_size), blend)
     trainer = Trainer(model, encoder, loss, tx, grams, mesh)
+    judge = Judge(encoder, loss, styles, blend, encoder_params=trainer.consts[0], sharding=trainer.repl)
+    for side in val_at:
+        judge.grams(side)  # a style image too small for a size fails here, before training
     check_free_space(t.ckpt_dir, trainer.state(jax.random.key(0)))
 
     host_it = iter(data)
@@ -127,13 +154,20 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     samples_dir = run_dir / "samples"
     photo_style = trainer.photo_style_loss(val_dev)
 
-    def save_samples(step: int) -> dict[str, float]:
-        out = trainer.stylize(val)  # every process takes part; process 0 writes
+    def save_samples(step: int) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
+        """Validation: the training objective on the crops, the judge at every val size, and a
+        grid of full-resolution outputs (at the first val size) saved and logged."""
+        at = validation_report(trainer, judge, val_at)  # every process takes part; process 0 writes
         if primary:
-            grid = sample_grid(val, out)
+            photos = val_at[t.val_sizes[0]] if t.val_sizes else val
+            grid = sample_grid(photos, np.stack([trainer.stylize(x[None])[0] for x in photos]))
             save_image(grid, samples_dir / f"step_{step:06d}.jpg")
             tracker.log_images({"samples": grid}, step=step)
-        return trainer.evaluate(val_dev)
+        return trainer.evaluate(val_dev), at
+
+    def val_metrics(terms: dict[str, float], at: dict[int, dict[str, float]]) -> dict[str, float]:
+        return {f"val/{k}": v for k, v in terms.items()} | {
+            f"val_{side}/{k}": v for side, r in at.items() for k, v in r.items()}
 
     bar = tqdm(total=steps, initial=start, desc=f"train {cfg.run_name}", unit="step", dynamic_ncols=True,
                disable=not primary)
@@ -190,7 +224,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
                                     img_s=f"{ips:.1f}")
                 bar.update(step - bar.n)
                 if t.sample_every and step % t.sample_every == 0:
-                    tracker.log({f"val/{k}": v for k, v in save_samples(step).items()}, step=step)
+                    tracker.log(val_metrics(*save_samples(step)), step=step)
                 if (ckpt.should_save(step) or step == steps or stopping) and trainer.params_finite():
                     val_terms = trainer.evaluate(val_dev)
                     ckpt.save(step, trainer.state(rng), data_state=distributed.pack_data_state(it.get_state()),
@@ -206,17 +240,18 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
             raise SystemExit(stop.exit_status if stop.signum else 128 + 15)
         train_seconds = time.perf_counter() - loop_t0
         steady = sorted(logged_ips[1:] or logged_ips)
-        final = save_samples(step)
+        final, final_at = save_samples(step)
         summary = {"step": step, "val": final, "val_photo_style_loss": photo_style,
                    "style_loss_reduction": photo_style / max(final["style"], 1e-30),
+                   "val_at": {str(side): r for side, r in final_at.items()},
                    "devices": n_dev, "processes": procs, "device": jax.devices()[0].device_kind,
                    "data_skipped": it.skipped, "nonfinite_steps": nonfinite, "ckpt_dir": str(t.ckpt_dir),
                    "train_seconds": train_seconds, "steps_this_run": step - start,
                    "images_per_sec_median": steady[len(steady) // 2] if steady else None}
         if primary:
             write_json_atomic(summary, run_dir / "summary.json")
-        tracker.summary({k: v for k, v in summary.items() if k != "val"}
-                        | {f"val/{k}": v for k, v in final.items()})
+        tracker.summary({k: v for k, v in summary.items() if k not in ("val", "val_at")}
+                        | val_metrics(final, final_at))
     except BaseException:
         # Already failing: closing must not replace the real error with a secondary one.
         for close in (bar.close, ckpt.close, it.close, tracker.finish):

@@ -1,0 +1,1 @@
+"""How good a stylization is at the sizes users run it (`python -m nstjax.evaluate`)."""
