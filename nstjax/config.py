@@ -334,7 +334,7 @@ class ExportConfig:
         if not self.checkpoint:
             raise NstjaxError("checkpoint: not set; pass checkpoint=runs/<run_name>/checkpoints")
         if not self.output:
-            raise NstjaxError("output: not set; pass output=NAME.nstjax.npz")
+            raise NstjaxError("output: not set; pass output=NAME.nstjax.npz (NAME.onnx with format=onnx)")
         if self.platforms is not None:
             self.platforms = [str(p).lower() for p in self.platforms] or None
             bad = [p for p in self.platforms or [] if p not in ("cpu", "cuda", "rocm", "tpu")]

@@ -3,8 +3,10 @@
     python -m nstjax.export checkpoint=runs/mosaic/checkpoints output=mosaic.nstjax.npz
     python -m nstjax.export checkpoint=runs/mosaic/checkpoints step=20000 output=m.npz format=stablehlo
     python -m nstjax.export checkpoint=mosaic.nstjax.npz output=m.hlo.npz format=stablehlo platforms=[cpu,cuda]
+    python -m nstjax.export checkpoint=runs/mosaic/checkpoints output=mosaic.onnx format=onnx   # nstjax[onnx]
 
-Formats are registered in `nstjax.serving.formats`; the file layout is `nstjax.serving.artifact`.
+Formats are registered in `nstjax.serving.formats`; the file layout is `nstjax.serving.artifact`
+(format=onnx writes a standalone .onnx file instead: `nstjax.serving.onnx_model`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ def main(cfg: ExportConfig, run_dir: Path) -> None:
     extra = ""
     if "stablehlo" in meta:
         extra = f" for {','.join(meta['stablehlo']['platforms'])}, symbolic batch/height/width"
+    if "onnx" in meta:
+        extra = f" opset {meta['onnx']['opset']}, dynamic batch/height/width, sides >= {meta['onnx']['min_side']} px"
     m = meta["model"]
     shape = ", ".join(f"{k} {v}" for k, v in m.items() if k != "name")
     print(f"wrote {cfg.output} ({size / 1e6:.1f} MB, {meta['kind']}{extra}): {m.get('name')} ({shape}), "

@@ -196,7 +196,7 @@ def test_bad_inputs_raise_one_clear_error(setup, tmp_path):
     with pytest.raises(NstjaxError, match="no step 9"):
         run_infer(_cfg(model_path=str(setup["ckpt"]), step=9, input=photo, output=str(tmp_path / "o.png")))
     with pytest.raises(NstjaxError, match="format"):
-        export_model(setup["ckpt"], tmp_path / "x.npz", kind="onnx")
+        export_model(setup["ckpt"], tmp_path / "x.npz", kind="tflite")
     with pytest.raises(NstjaxError, match="missing_ckpt"):
         export_model(tmp_path / "missing_ckpt", tmp_path / "x.npz")
     (tmp_path / "clip.mp4").write_text("these are meeting notes, not a video\n" * 20)  # text named .mp4

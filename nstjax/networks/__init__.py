@@ -4,7 +4,9 @@ Each network has its own config dataclass, stored verbatim in checkpoints and ar
 the export format needs no edit for a new architecture. To add one: write an `nnx.Module`
 mapping NHWC images in [0, 1] to the same shape, a config dataclass (with a `name` field and
 its own checks in `__post_init__`), a `build(cfg, rngs)` function, and call
-`register_network(...)`; then add `conf/model/<name>.yaml`.
+`register_network(...)`; then add `conf/model/<name>.yaml`. For `nstjax.export format=onnx`,
+also pass `onnx=`: a function of (config, flat float32 params) returning an
+`nstjax.ops.onnx_graph.OnnxGraph` (see `johnson_onnx.py`).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nstjax.errors import NstjaxError
-from nstjax.networks import johnson
+from nstjax.networks import johnson, johnson_onnx
 from nstjax.networks.johnson import JohnsonConfig, TransformerNet
 
 __all__ = ["NETWORKS", "JohnsonConfig", "NetworkSpec", "TransformerNet", "build_network", "count_params",
@@ -29,6 +31,7 @@ class NetworkSpec:
     config: type  # dataclass with a `name` field; validates itself in __post_init__
     build: Callable[[Any, nnx.Rngs], nnx.Module]
     size_multiple: int = 1  # the network pads inputs to a multiple of this (exporters need it)
+    onnx: Callable[[Any, Mapping[str, Any]], Any] | None = None  # (config, params) -> OnnxGraph; None: no ONNX
 
 
 #: Registry of feed-forward networks by config `model.name`.
@@ -36,11 +39,11 @@ NETWORKS: dict[str, NetworkSpec] = {}
 
 
 def register_network(name: str, config: type, build: Callable[[Any, nnx.Rngs], nnx.Module],
-                     size_multiple: int = 1) -> None:
-    NETWORKS[name] = NetworkSpec(config, build, size_multiple)
+                     size_multiple: int = 1, onnx: Callable[[Any, Mapping[str, Any]], Any] | None = None) -> None:
+    NETWORKS[name] = NetworkSpec(config, build, size_multiple, onnx)
 
 
-register_network("johnson", JohnsonConfig, johnson.build, johnson.SIZE_MULTIPLE)
+register_network("johnson", JohnsonConfig, johnson.build, johnson.SIZE_MULTIPLE, onnx=johnson_onnx.build_onnx)
 
 _DTYPES: dict[str, jnp.dtype] = {n: jnp.dtype(n) for n in johnson.DTYPES}
 

@@ -1,4 +1,5 @@
-"""Export a trained network (checkpoint or artifact) as an artifact in any registered format."""
+"""Export a trained network (checkpoint, artifact or .pth) as an artifact in any registered format,
+or as a file of a format's own type (`format=onnx`)."""
 from __future__ import annotations
 
 import os
@@ -10,22 +11,24 @@ import numpy as np
 
 from nstjax.errors import NstjaxError
 from nstjax.serving.artifact import ARTIFACT_FORMAT, ARTIFACT_VERSION, write_artifact
-from nstjax.serving.formats import FORMATS, ExportOptions
+from nstjax.serving.formats import FORMATS, ExportOptions, check_output_name
 from nstjax.serving.loading import CHECKPOINT_HINT, load_source
 from nstjax.serving.stylizer import runner_for
 
 
 def export_model(source: str | os.PathLike, output: str | os.PathLike, *, step: int | str | None = None,
                  kind: str = "params", platforms: list[str] | None = None) -> dict[str, Any]:
-    """Checkpoint dir (or artifact) -> artifact file of format `kind`. Returns the header written."""
-    import flax
-    import jax
-
+    """Checkpoint dir (or artifact, or .pth) -> artifact file of format `kind`, or the file of a
+    file format (e.g. `.onnx`). Returns the header written."""
     if kind not in FORMATS:
         raise NstjaxError(f"format: expected one of {', '.join(FORMATS)}, got {kind!r}")
     out = Path(str(output))
     if out.is_dir():
         raise NstjaxError(f"output {str(out)!r} is a directory; give a file name such as mosaic.nstjax.npz")
+    check_output_name(kind, out)
+    import flax  # after the checks: a wrong name fails before jax starts
+    import jax
+
     params, model_cfg, src = load_source(source, step, "checkpoint")
     runner = runner_for(model_cfg)
     runner.check(params, f"checkpoint {source}", CHECKPOINT_HINT)
@@ -43,7 +46,10 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, *, step: 
         "num_params": int(sum(v.size for v in params.values())),
         "config": config,
     }
-    info, payloads = FORMATS[kind].export(runner, params, ExportOptions(platforms=platforms))
+    fmt, options = FORMATS[kind], ExportOptions(platforms=platforms)
+    if fmt.write is not None:  # a file type of its own: the format writes the whole file
+        return fmt.write(runner, params, meta, options, out)
+    info, payloads = fmt.export(runner, params, options)
     meta.update(info)
     write_artifact(out, params, meta, payloads)
     return meta

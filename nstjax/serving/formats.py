@@ -4,6 +4,10 @@ A format is a function that turns a network and its parameters into header entri
 payloads of the artifact (`nstjax.serving.artifact`), plus, optionally, a loader that runs those
 payloads; without one, a loaded artifact rebuilds the flax network from its model config.
 To add a format: write both functions and `register_format("name", export, load)`.
+
+A format with a file type of its own (`onnx`: a standalone `.onnx` file) instead registers a
+suffix, a writer and an opener with `register_file_format`; `load_stylizer` opens files with
+that suffix through its opener.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from nstjax.serving.stylizer import NetworkRunner, Stylizer
 Payloads = dict[str, bytes]
 ExportFn = Callable[[NetworkRunner, Mapping[str, np.ndarray], "ExportOptions"], tuple[dict[str, Any], Payloads]]
 LoadFn = Callable[[Mapping[str, np.ndarray], dict[str, Any], Payloads, Path], Stylizer]
+WriteFn = Callable[[NetworkRunner, Mapping[str, np.ndarray], dict[str, Any], "ExportOptions", Path], dict[str, Any]]
+OpenFn = Callable[[Path], Any]  # -> a Stylizer or an object with its interface
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +36,11 @@ class ExportOptions:
 
 @dataclasses.dataclass(frozen=True)
 class ExportFormat:
-    export: ExportFn
+    export: ExportFn | None = None  # None: a file format (`write` writes the whole file)
     load: LoadFn | None = None  # None: rebuild the network from the header's model config
+    suffix: str | None = None  # a file format's own file name suffix, e.g. ".onnx"
+    write: WriteFn | None = None  # (runner, params, header, options, path) -> the header written
+    opener: OpenFn | None = None  # path -> a callable with Stylizer's interface
 
 
 FORMATS: dict[str, ExportFormat] = {}
@@ -39,6 +48,28 @@ FORMATS: dict[str, ExportFormat] = {}
 
 def register_format(name: str, export: ExportFn, load: LoadFn | None = None) -> None:
     FORMATS[name] = ExportFormat(export, load)
+
+
+def register_file_format(name: str, suffix: str, write: WriteFn, opener: OpenFn) -> None:
+    FORMATS[name] = ExportFormat(suffix=suffix.lower(), write=write, opener=opener)
+
+
+def file_format_for(path: Path) -> ExportFormat | None:
+    """The file format whose suffix `path` has, if any."""
+    return next((f for f in FORMATS.values() if f.suffix and path.name.lower().endswith(f.suffix)), None)
+
+
+def check_output_name(kind: str, out: Path) -> None:
+    """A file format's output has its suffix, and no other format's output takes one."""
+    want = FORMATS[kind].suffix
+    if want and not out.name.lower().endswith(want):
+        raise NstjaxError(f"output {str(out)!r}: format={kind} writes a standalone {want} file; name it e.g. "
+                          f"mosaic{want}")
+    other = file_format_for(out)
+    if not want and other is not None:
+        name = next(n for n, f in FORMATS.items() if f is other)
+        raise NstjaxError(f"output {str(out)!r}: a {other.suffix} file is read back as format={name}; pass "
+                          f"format={name}, or name the {kind} artifact e.g. mosaic.nstjax.npz")
 
 
 # --------------------------------------------------------------------------- params
@@ -119,3 +150,24 @@ def _load_stablehlo(params: Mapping[str, np.ndarray], meta: dict[str, Any], payl
 
 
 register_format("stablehlo", _export_stablehlo, _load_stablehlo)
+
+
+# --------------------------------------------------------------------------- onnx
+# A standalone .onnx file built from the network's ONNX builder (nstjax.networks), run by
+# ONNX Runtime; `nstjax.serving.onnx_model` has both halves.
+
+
+def _write_onnx(runner: NetworkRunner, params: Mapping[str, np.ndarray], meta: dict[str, Any],
+                options: ExportOptions, path: Path) -> dict[str, Any]:
+    from nstjax.serving.onnx_model import write_onnx
+
+    return write_onnx(runner, params, meta, path)
+
+
+def _open_onnx(path: Path) -> Any:
+    from nstjax.serving.onnx_model import open_onnx
+
+    return open_onnx(path)
+
+
+register_file_format("onnx", ".onnx", _write_onnx, _open_onnx)

@@ -39,6 +39,17 @@ def at_net_size(items: Iterator[tuple[Any, np.ndarray]],
         yield (key, img), resize(img, fit_size(img.shape[:2], net_size))
 
 
+def _device(stylizer: Any) -> str:
+    """Where the network ran: the stylizer's own runtime (e.g. ONNX Runtime) or jax's device."""
+    own = getattr(stylizer, "device", None)
+    if own:
+        return str(own)
+    import jax
+
+    dev = jax.devices()[0]
+    return f"{dev.platform}:{dev.device_kind}"
+
+
 def _postprocess(cfg: InferConfig, y: np.ndarray, content: np.ndarray) -> np.ndarray:
     from nstjax import color as colorlib
 
@@ -52,7 +63,6 @@ def _postprocess(cfg: InferConfig, y: np.ndarray, content: np.ndarray) -> np.nda
 
 def _video_to_video(cfg: InferConfig, src: Any, out: Path, stylizer: Any) -> dict[str, Any]:
     """Decode, network and encode overlapped; frame rate, size and audio kept."""
-    import jax
     from tqdm import tqdm
 
     from nstjax.serving.video import probe, stylize_video
@@ -82,19 +92,16 @@ def _video_to_video(cfg: InferConfig, src: Any, out: Path, stylizer: Any) -> dic
     finally:
         bar.close()
     wall = time.perf_counter() - t0
-    dev = jax.devices()[0]
     return {"output": str(out), "written": [str(out)], "input_kind": "video", "images": r["frames"],
             "skipped": 0, "existing": 0, "shapes": sorted(list(s) for s in stats.shapes),
             "compiles": len(stylizer.compile_seconds), "compile_seconds": float(sum(stylizer.compile_seconds.values())),
             "ms_per_image": stats.ms_per_image, "batch": cfg.batch, "backend": stylizer.backend,
-            "model": stylizer.model, "device": f"{dev.platform}:{dev.device_kind}", "durations": None,
+            "model": stylizer.model, "device": _device(stylizer), "durations": None,
             "fps": r["fps"], "video_fps_end_to_end": r["frames"] / wall if wall > 0 else None,
             "audio_packets": r["audio_packets"]}
 
 
 def run_infer(cfg: InferConfig) -> dict[str, Any]:
-    import jax
-
     from nstjax.image import save_image
     from nstjax.serving.loading import load_stylizer
 
@@ -151,7 +158,6 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
         written.append(str(out))
     elif target == "video":
         written.append(str(out))
-    dev = jax.devices()[0]
     return {
         "output": str(out),
         "written": written,
@@ -166,6 +172,6 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
         "batch": cfg.batch,
         "backend": stylizer.backend,
         "model": stylizer.model,
-        "device": f"{dev.platform}:{dev.device_kind}",
+        "device": _device(stylizer),
         "durations": list(src.durations) if target == "anim" and src.durations else None,
     }

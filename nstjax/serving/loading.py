@@ -40,6 +40,9 @@ def load_source(path: str | os.PathLike, step: int | str | None,
         return trees.flatten(params), dict(model), source
     if step is not None:
         raise NstjaxError(f"step={step} only applies to checkpoint directories; {str(p)!r} is a file")
+    if _file_format(p) is not None:
+        raise NstjaxError(f"{what} {str(p)!r} is an exported {p.suffix} model, which nstjax does not read back "
+                          "into weights; export from the checkpoint or .npz artifact it was made from")
     if p.suffix.lower() in TORCH_SUFFIXES:  # pytorch/examples' fast_neural_style weights
         from nstjax.serving.torch_import import johnson_from_state_dict, read_state_dict
 
@@ -48,6 +51,12 @@ def load_source(path: str | os.PathLike, step: int | str | None,
     params, meta, _ = read_artifact(p)
     src = dict(meta.get("source") or {})
     return params, dict(meta["model"]), {**src, "artifact": str(p.absolute()), "config": meta.get("config")}
+
+
+def _file_format(p: Path) -> Any:
+    from nstjax.serving.formats import file_format_for
+
+    return file_format_for(p)
 
 
 def load_artifact(path: str | os.PathLike, *, use_compiled_format: bool = True) -> Stylizer:
@@ -70,7 +79,8 @@ def load_artifact(path: str | os.PathLike, *, use_compiled_format: bool = True) 
 
 
 def load_stylizer(path: str | os.PathLike, *, step: int | str | None = None, use_compiled_format: bool = True) -> Stylizer:
-    """Any artifact or training checkpoint directory -> a callable `Stylizer`.
+    """Any artifact, training checkpoint directory, .pth or exported .onnx -> a callable `Stylizer`
+    (for .onnx an `OnnxStylizer`, with the same interface, run by ONNX Runtime).
 
         stylize = nstjax.load_stylizer("mosaic.nstjax.npz")
         out = stylize(photo)          # (H, W, 3) or (B, H, W, 3) float32 in [0, 1]
@@ -88,9 +98,12 @@ def load_stylizer(path: str | os.PathLike, *, step: int | str | None = None, use
     if not p.exists():
         raise NstjaxError(
             f"model_path {str(path)!r} does not exist: expected an exported artifact "
-            "(python -m nstjax.export) or a checkpoint directory (runs/<run_name>/checkpoints)")
+            "(.npz or .onnx from python -m nstjax.export) or a checkpoint directory (runs/<run_name>/checkpoints)")
     if step is not None:
         raise NstjaxError(f"step={step} only applies to checkpoint directories; {str(p)!r} is a file")
+    fmt = _file_format(p)
+    if fmt is not None:  # a format's own file type, e.g. .onnx: its opener runs it
+        return fmt.opener(p)
     if p.suffix.lower() in TORCH_SUFFIXES:
         params, model_cfg, src = load_source(p, None, "model_path")
         runner = runner_for(model_cfg)
