@@ -327,10 +327,12 @@ class ExportConfig:
     output: Optional[str] = None
     format: str = MISSING
     platforms: Optional[List[str]] = None
+    params_dtype: str = "float32"  # float16 halves an .npz artifact; loaded back as float32
     runtime: RuntimeConfig = MISSING
 
     def __post_init__(self) -> None:
         self.step = checkpoint_step(self.step)
+        _one_of(self.params_dtype, "params_dtype", ("float32", "float16"))
         if not self.checkpoint:
             raise NstjaxError("checkpoint: not set; pass checkpoint=runs/<run_name>/checkpoints")
         if not self.output:

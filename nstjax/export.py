@@ -20,7 +20,8 @@ from nstjax.config import ExportConfig
 def main(cfg: ExportConfig, run_dir: Path) -> None:
     from nstjax.serving.exporting import export_model
 
-    meta = export_model(cfg.checkpoint, cfg.output, step=cfg.step, kind=cfg.format, platforms=cfg.platforms)
+    meta = export_model(cfg.checkpoint, cfg.output, step=cfg.step, kind=cfg.format, platforms=cfg.platforms,
+                        params_dtype=cfg.params_dtype)
     size = Path(cfg.output).stat().st_size
     extra = ""
     if "stablehlo" in meta:

@@ -428,3 +428,19 @@ def test_net_size_runs_the_network_at_its_scale_and_keeps_the_output_size(setup,
     assert np.abs(outs[96] - to_uint8(want)).max() <= 1
     # A different stroke scale is a different image, not a resampling of the full-size one.
     assert np.abs(outs[96] - outs[None]).mean() > 5
+
+
+def test_float16_params_halve_the_artifact_and_keep_the_outputs(setup, tmp_path):
+    half = tmp_path / "half.nstjax.npz"
+    meta = export_model(setup["ckpt"], half, params_dtype="float16")
+    params, header, _ = read_artifact(half)
+    assert header["params_dtype"] == "float16" and all(v.dtype == np.float32 for v in params.values())
+    with np.load(half) as z:  # stored as float16 on disk
+        assert all(z[k].dtype == np.float16 for k in z.files if k.startswith("params/"))
+    assert half.stat().st_size < 0.6 * setup["artifact"].stat().st_size
+    got = np.clip(load_artifact(half)(setup["content"]), 0, 1)
+    want = np.clip(setup["ref"], 0, 1)
+    assert np.abs(got - want).max() < 2 / 255, np.abs(got - want).max()  # float16 rounding of the weights
+    assert meta["num_params"] > 0
+    with pytest.raises(NstjaxError, match="params_dtype=float16 applies to .npz"):
+        export_model(setup["ckpt"], tmp_path / "m.onnx", kind="onnx", params_dtype="float16")

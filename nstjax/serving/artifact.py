@@ -4,7 +4,7 @@
   `kind` (an export format of `nstjax.serving.exporters.FORMATS`), `model` (the network's own
   config, verbatim: `build_network` rebuilds it), `source` (checkpoint path and step),
   `config` (the resolved training config), library versions and the format's own entries.
-* `params/<path>`: one array per parameter, named by its path in the module tree
+* `params/<path>`: one array per parameter (float32, or float16 with `params_dtype`), named by its path in the module tree
   (`conv1/conv/kernel`, `res/0/in1/scale`, ...), i.e. `nnx.to_pure_dict` flattened.
 * `__<name>__`: extra binary payloads of the format (e.g. `__stablehlo__`).
 
@@ -39,11 +39,13 @@ def _json_bytes(obj: Any) -> np.ndarray:
 
 
 def write_artifact(path: str | os.PathLike, params: Mapping[str, Any], meta: Mapping[str, Any],
-                   payloads: Mapping[str, bytes] | None = None) -> Path:
-    """Write params + JSON header (+ binary payloads by name) atomically; returns the path."""
-    arrays: dict[str, np.ndarray] = {META_KEY: _json_bytes(dict(meta))}
+                   payloads: Mapping[str, bytes] | None = None, params_dtype: str = "float32") -> Path:
+    """Write params (stored as `params_dtype`) + JSON header (+ binary payloads by name)
+    atomically; returns the path."""
+    arrays: dict[str, np.ndarray] = {META_KEY: _json_bytes({**meta, "params_dtype": params_dtype})}
     for name, value in params.items():
-        arrays[PARAM_PREFIX + name] = np.asarray(value)
+        value = np.asarray(value)
+        arrays[PARAM_PREFIX + name] = value.astype(params_dtype) if np.issubdtype(value.dtype, np.floating) else value
     for name, blob in (payloads or {}).items():
         arrays[payload_key(name)] = np.frombuffer(bytes(blob), dtype=np.uint8)
     target = AtomicPath(path, fsync=True)
@@ -82,6 +84,8 @@ def read_artifact(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[
         )
     if not isinstance(meta.get("model"), Mapping) or "name" not in meta["model"]:
         raise NstjaxError(f"model artifact {str(p)!r} has no model config in its header; {HINT}")
-    params = {k[len(PARAM_PREFIX):]: v for k, v in data.items() if k.startswith(PARAM_PREFIX)}
+    # float16-stored params come back as the float32 the network computes with.
+    params = {k[len(PARAM_PREFIX):]: v.astype(np.float32) if v.dtype == np.float16 else v
+              for k, v in data.items() if k.startswith(PARAM_PREFIX)}
     payloads = {k[2:-2]: v.tobytes() for k, v in data.items() if k.startswith("__") and k.endswith("__")}
     return params, meta, payloads

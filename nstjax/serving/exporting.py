@@ -17,7 +17,8 @@ from nstjax.serving.stylizer import runner_for
 
 
 def export_model(source: str | os.PathLike, output: str | os.PathLike, *, step: int | str | None = None,
-                 kind: str = "params", platforms: list[str] | None = None) -> dict[str, Any]:
+                 kind: str = "params", platforms: list[str] | None = None,
+                 params_dtype: str = "float32") -> dict[str, Any]:
     """Checkpoint dir (or artifact, or .pth) -> artifact file of format `kind`, or the file of a
     file format (e.g. `.onnx`). Returns the header written."""
     if kind not in FORMATS:
@@ -48,8 +49,10 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, *, step: 
     }
     fmt, options = FORMATS[kind], ExportOptions(platforms=platforms)
     if fmt.write is not None:  # a file type of its own: the format writes the whole file
+        if params_dtype != "float32":
+            raise NstjaxError(f"params_dtype={params_dtype} applies to .npz artifacts, not format={kind}")
         return fmt.write(runner, params, meta, options, out)
     info, payloads = fmt.export(runner, params, options)
     meta.update(info)
-    write_artifact(out, params, meta, payloads)
+    write_artifact(out, params, meta, payloads, params_dtype=params_dtype)
     return meta
