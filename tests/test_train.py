@@ -226,3 +226,15 @@ def test_prepare_coco_from_an_archive_then_train_on_it(tmp_path, photos, assets)
                            env=env, capture_output=True, text=True, timeout=120)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr[-2000:]
+
+
+def test_every_experiment_preset_composes_and_passes_the_schema(assets):
+    from pathlib import Path
+
+    from nstjax.config import TrainConfig, compose, load
+
+    presets = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+    assert {"cpu_quick", "gpu", "sweep_cpu_recipe"} <= set(presets)
+    for name in presets:
+        cfg = load(TrainConfig, compose("train", [f"experiment={name}", "train.ckpt_dir=ckpt"]))
+        assert cfg.train.val_sizes and cfg.run_name, name
