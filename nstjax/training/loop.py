@@ -37,13 +37,15 @@ def at_style_size(styles: list[np.ndarray], style_size: int | None) -> list[np.n
     return [resize(s, fit_size(s.shape[:2], style_size)) if style_size else s for s in styles]
 
 
-def validation_report(trainer: Any, judge: Any, photos: dict[int, np.ndarray]) -> dict[int, dict[str, float]]:
-    """The network's outputs judged at every validation size (long side -> terms, layout)."""
-    report = {}
+def validation_report(trainer: Any, judge: Any, photos: dict[int, np.ndarray]
+                      ) -> tuple[dict[int, dict[str, float]], dict[int, np.ndarray]]:
+    """The network's outputs at every validation size, judged there (long side -> terms,
+    layout), and the outputs themselves."""
+    report, outputs = {}, {}
     for side, xs in photos.items():
-        ys = [trainer.stylize(x[None])[0] for x in xs]  # one photo at a time: 1024 px fits anywhere
-        report[side] = judge.report(list(xs), ys)
-    return report
+        outputs[side] = np.stack([trainer.stylize(x[None])[0] for x in xs])  # one at a time: 1024 px fits
+        report[side] = judge.report(list(xs), list(outputs[side]))
+    return report, outputs
 
 
 def report_line(report: dict[int, dict[str, float]]) -> str:
@@ -157,10 +159,10 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     def save_samples(step: int) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
         """Validation: the training objective on the crops, the judge at every val size, and a
         grid of full-resolution outputs (at the first val size) saved and logged."""
-        at = validation_report(trainer, judge, val_at)  # every process takes part; process 0 writes
+        at, outputs = validation_report(trainer, judge, val_at)  # every process takes part; process 0 writes
         if primary:
-            photos = val_at[t.val_sizes[0]] if t.val_sizes else val
-            grid = sample_grid(photos, np.stack([trainer.stylize(x[None])[0] for x in photos]))
+            side = t.val_sizes[0] if t.val_sizes else None
+            grid = sample_grid(val_at[side], outputs[side]) if side else sample_grid(val, trainer.stylize(val))
             save_image(grid, samples_dir / f"step_{step:06d}.jpg")
             tracker.log_images({"samples": grid}, step=step)
         return trainer.evaluate(val_dev), at
