@@ -30,6 +30,10 @@ def main(cfg: InferConfig, run_dir: Path) -> None:
           f"{r['compile_seconds']:.2f} s compile ({r['compiles']} shape(s), batch {r['batch']}, "
           f"{r['backend']}, {r['device']})" + (f"; skipped {r['skipped']} unreadable input(s)" if r["skipped"] else "")
           + (f"; {r['existing']} existing output(s) kept (overwrite=true redoes them)" if r["existing"] else ""))
+    longest = max((max(s[1:3]) for s in r["shapes"]), default=0)
+    if r.get("made_for") and longest > 1.5 * r["made_for"] and cfg.net_size is None:
+        print(f"note: this network was made for {r['made_for']} px outputs; its strokes look smaller at {longest} px "
+              f"(net_size={r['made_for']} runs it at its scale)")
 
 
 if __name__ == "__main__":

@@ -84,3 +84,15 @@ def test_evaluate_a_torch_model_with_a_named_style(tmp_path, assets, photos):
     assert r.returncode == 2 and len(lines) == 1 and "pass style=NAME" in lines[0], r.stderr[-2000:]
     r = run_cli("nstjax.evaluate", [*args, "style=mosaic", "sizes=[8]"], tmp_path, assets)
     assert r.returncode == 2 and "sizes must be >= 16" in r.stderr, r.stderr[-2000:]
+
+
+def test_infer_names_the_size_a_network_was_made_for(trained, tmp_path, assets):
+    photo = assets / "data" / "content" / "chicago.jpg"  # 712x474, well above the recipe's 256 px
+    ckpt = str(trained["run"] / "checkpoints")
+    r = run_cli("nstjax.infer", [f"model_path={ckpt}", f"input={photo}", f"output={tmp_path / 'a.jpg'}"], tmp_path, assets)
+    assert r.returncode == 0 and "made for 256 px outputs" in r.stdout and "net_size=256" in r.stdout, r.stdout
+    r = run_cli("nstjax.infer", [f"model_path={ckpt}", f"input={photo}", f"output={tmp_path / 'b.jpg'}",
+                                 "net_size=256"], tmp_path, assets)
+    assert r.returncode == 0 and "made for" not in r.stdout, r.stdout
+    with Image.open(tmp_path / "b.jpg") as im:
+        assert im.size == (712, 474)  # the output keeps the photo's size

@@ -50,6 +50,13 @@ def _device(stylizer: Any) -> str:
     return f"{dev.platform}:{dev.device_kind}"
 
 
+def made_for(stylizer: Any) -> int | None:
+    """The output size a trained network was made for: its style targets' size (None if unknown)."""
+    config = stylizer.meta.get("config") or {}
+    size = (config.get("loss") or {}).get("style_size") if isinstance(config, dict) else None
+    return int(size) if size else None
+
+
 def _postprocess(cfg: InferConfig, y: np.ndarray, content: np.ndarray) -> np.ndarray:
     from nstjax import color as colorlib
 
@@ -98,7 +105,7 @@ def _video_to_video(cfg: InferConfig, src: Any, out: Path, stylizer: Any) -> dic
             "ms_per_image": stats.ms_per_image, "batch": cfg.batch, "backend": stylizer.backend,
             "model": stylizer.model, "device": _device(stylizer), "durations": None,
             "fps": r["fps"], "video_fps_end_to_end": r["frames"] / wall if wall > 0 else None,
-            "audio_packets": r["audio_packets"]}
+            "audio_packets": r["audio_packets"], "made_for": made_for(stylizer)}
 
 
 def run_infer(cfg: InferConfig) -> dict[str, Any]:
@@ -174,4 +181,5 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
         "model": stylizer.model,
         "device": _device(stylizer),
         "durations": list(src.durations) if target == "anim" and src.durations else None,
+        "made_for": made_for(stylizer),
     }
