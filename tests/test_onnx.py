@@ -250,22 +250,3 @@ def test_infer_folders_animations_and_tiles_run_onnx_unchanged(exported, tmp_pat
         assert np.abs(a - b).max() <= 1, name
     with Image.open(outs["onnx"] / "clip.gif") as im:
         assert im.n_frames == 3
-
-
-def test_input_skip_network_starts_as_the_photo_and_exports_to_the_same_graph(tmp_path, photos):
-    cfg = {**MODEL, "input_skip": True}
-    model = build_network(cfg, rngs=nnx.Rngs(5))
-    x = _photos(photos, [4], (61, 83))
-    y0 = np.asarray(model(x))
-    assert np.abs(y0 - x).mean() < 0.05  # at init: the photo, plus a near-zero last layer
-    rng = np.random.default_rng(5)
-    params = nnx.state(model, nnx.Param)
-    nnx.update(model, jax.tree.map(lambda a: a + 0.05 * rng.standard_normal(a.shape).astype(np.float32), params))
-    _, params = nnx.split(model, nnx.Param)
-    state = {"params": params, "opt_state": optax.adam(1e-3).init(params), "rng": jax.random.key(0)}
-    ckpt = tmp_path / "run" / "checkpoints"
-    with Checkpointer(ckpt, save_every=1) as ck:
-        ck.save(1, state, data_state={"epoch": 0}, config={"model": cfg}, metrics={"loss": 1.0}, force=True)
-    export_model(ckpt, tmp_path / "skip.onnx", kind="onnx")
-    got, want = nstjax.load_stylizer(tmp_path / "skip.onnx")(x), nstjax.load_stylizer(ckpt)(x)
-    assert np.abs(got - want).max() < ATOL and np.abs(want - x).mean() > 0.05

@@ -31,7 +31,6 @@ class JohnsonConfig:
     num_residual: int = 5  # residual blocks at the 1/4-resolution bottleneck
     dtype: str = "float32"  # compute dtype; params stay float32
     pixel_scale: float = 1.0  # the weights' pixel range: 255 for pytorch/examples' models
-    input_skip: bool = False  # output = photo + network: starts as the photo, learns the stylization
 
     def __post_init__(self) -> None:
         try:
@@ -182,11 +181,9 @@ class TransformerNet(nnx.Module):
         num_residual: int = 5,
         dtype: jnp.dtype | None = jnp.float32,
         pixel_scale: float = 1.0,
-        input_skip: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
         self.pixel_scale = float(pixel_scale)
-        self.input_skip = bool(input_skip)
         # Non-partitionable threefry: XLA:CPU compiles the partitionable RNG slowly for every
         # kernel shape, and init is not sharded anyway (only which numbers are drawn changes).
         with jax.threefry_partitionable(False):
@@ -216,10 +213,8 @@ class TransformerNet(nnx.Module):
             3,
             9,
             dtype=dtype,
-            # With the input skip the layer starts almost at zero, so the network starts as the photo.
-            kernel_init=nnx.initializers.variance_scaling(1e-3 if self.input_skip else 0.1, "fan_in",
-                                                          "truncated_normal"),
-            bias_init=nnx.initializers.constant(0.0 if self.input_skip else 0.5),
+            kernel_init=nnx.initializers.variance_scaling(0.1, "fan_in", "truncated_normal"),
+            bias_init=nnx.initializers.constant(0.5),
             rngs=rngs,
         )
 
@@ -245,12 +240,10 @@ class TransformerNet(nnx.Module):
         y = nnx.relu(self.in4(self.deconv1(y)))
         y = nnx.relu(self.in5(self.deconv2(y)))
         y = self.deconv3(y)
-        if self.input_skip:  # the photo passes through; the layers learn what to change
-            y = y + x
         y = crop(y).astype(jnp.float32)
         return y / self.pixel_scale if self.pixel_scale != 1.0 else y
 
 
 def build(cfg: JohnsonConfig, rngs: nnx.Rngs) -> TransformerNet:
     return TransformerNet(width=cfg.width, num_residual=cfg.num_residual, dtype=jnp.dtype(cfg.dtype),
-                          pixel_scale=cfg.pixel_scale, input_skip=cfg.input_skip, rngs=rngs)
+                          pixel_scale=cfg.pixel_scale, rngs=rngs)

@@ -45,10 +45,7 @@ def build_onnx(cfg: JohnsonConfig, params: Mapping[str, np.ndarray]) -> OnnxGrap
         y = g.op("Add", y, z)
     y = norm_relu(conv(g.upsample_nearest2x(y), "deconv1/conv", 3, downsampling=2), "in4")
     y = norm_relu(conv(g.upsample_nearest2x(y), "deconv2/conv", 3), "in5")
-    y = conv(y, "deconv3", 9)
-    if cfg.input_skip:  # output = photo + network, as johnson.TransformerNet
-        y = g.op("Add", y, x)
-    y = crop(y)
+    y = crop(conv(y, "deconv3", 9))
     if scale != 1.0:
         y = g.op("Div", y, g.const(scale))
     g.op("Transpose", y, perm=[0, 2, 3, 1], out=OUTPUT)  # NCHW -> NHWC
