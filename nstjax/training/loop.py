@@ -100,6 +100,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     # Validation photos: data.val_path, or a fixed held-out slice of the training source.
     data = make_dataset(cfg.data, batch_size=batch_size // procs, seed=t.seed, process_index=jax.process_index(),
                         process_count=procs, holdout=0 if cfg.data.val_path else t.samples)
+
     def val_images(side: int) -> np.ndarray:
         return (load_val_images(cfg.data.val_path, side, limit=t.samples) if cfg.data.val_path
                 else data.validation_images(side))
