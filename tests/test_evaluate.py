@@ -24,9 +24,10 @@ def run_cli(module: str, args: list[str], cwd, assets, timeout: int = 900) -> su
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, assets, photos):
-    """A short CPU run on the real photos, validated at 256 and 512 px on held-out Kodak photos."""
+    """A short CPU run on the real photos, validated at 256 and 512 px on held-out Kodak photos.
+    The preset's proportions at half scale: crops of half the resized photo, style at 4x the crop."""
     d = tmp_path_factory.mktemp("quality")
-    args = ["experiment=cpu_quick", "style=mosaic", "data.size=64", "loss.style_size=256", f"train.steps={STEPS}",
+    args = ["experiment=cpu_quick", "style=mosaic", "data.size=64", "data.resize=128", "loss.style_size=256", f"train.steps={STEPS}",
             f"train.samples={VAL}", f"data.val_path={photos / 'val'}", "train.val_sizes=[256,512]",
             "train.sample_every=0", f"train.save_every={STEPS}", "train.log_every=50", "wandb=disabled",
             "run_name=q"]
