@@ -14,7 +14,9 @@ affine randomized, pixel_scale 255 as a .pth import), on a real photo resized to
 alternate between the variants for ROUNDS rounds, so drift on a shared machine hits every
 variant alike; printed: the median ms/image per variant relative to the first, and each
 variant's max |difference| from the first variant's output. MALLOC=retain sets up host
-malloc as runtime.host_malloc_cache does. bench_infer.py is the comparison with PyTorch.
+malloc as runtime.host_malloc_cache does. GRAD=1 times the forward and backward pass instead
+(the gradient of a fixed random projection of the output with respect to the parameters, as
+training needs it). bench_infer.py is the comparison with PyTorch.
 """
 from __future__ import annotations
 
@@ -78,29 +80,41 @@ def main() -> None:
     photo = Image.open(assets / "data/content/chicago.jpg").convert("RGB").resize((size, size), Image.BICUBIC)
     x = np.repeat(np.asarray(photo, np.float32)[None] / 255.0, batch, 0)
     graphdef, state = _network()
+    grad = os.environ.get("GRAD") == "1"
+    probe = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+
+    def forward(s, v):
+        return nnx.merge(graphdef, s)(v)
+
+    def backward(s, v):  # d(sum(y * probe))/d(params): the network's part of a training step
+        return jax.grad(lambda p: (forward(p, v) * probe).sum())(s)
+
     runs = []
     for code in variants:
         saved = _snapshot()
         try:
             exec(code, globals())
-            fn = jax.jit(lambda s, v: nnx.merge(graphdef, s)(v)).lower(state, x).compile()
+            f = backward if grad else forward  # a new function per variant: jit's trace cache is per function
+            fn = jax.jit(lambda s, v: f(s, v)).lower(state, x).compile()
         except Exception as e:  # a typo in a snippet: one line, not a traceback
             raise SystemExit(f"ab_infer: variant {code!r}: {type(e).__name__}: {e}") from None
         finally:
             _restore(saved)
-        y = np.asarray(fn(state, x))
+        y = fn(state, x)
+        y = np.concatenate([np.ravel(a) for a in jax.tree.leaves(y)]) if grad else np.asarray(y)
         runs.append({"fn": fn, "y": y, "ms": []})
     for _ in range(rounds):
         for r in runs:
             t = time.perf_counter()
             for _ in range(chunk):
-                np.asarray(r["fn"](state, x))
+                jax.block_until_ready(r["fn"](state, x))
             r["ms"].append(1000 * (time.perf_counter() - t) / chunk / batch)
     base = statistics.median(runs[0]["ms"])
-    print(f"{x.shape[2]}x{x.shape[1]}, batch {batch}, {rounds} rounds of {chunk} calls")
+    print(f"{x.shape[2]}x{x.shape[1]}, batch {batch}, {rounds} rounds of {chunk} calls"
+          + (", forward + backward (max|diff| relative to the largest gradient)" if grad else ""))
     for code, r in zip(variants, runs):
         med = statistics.median(r["ms"])
-        diff = float(np.abs(r["y"] - runs[0]["y"]).max())
+        diff = float(np.abs(r["y"] - runs[0]["y"]).max() / (np.abs(runs[0]["y"]).max() if grad else 1.0))
         print(f"{med:8.1f} ms/image  x{med / base:.3f}  (min {min(r['ms']):.1f})  "
               f"max|diff| {diff:.1e}  [{code}]")
 
