@@ -1,22 +1,29 @@
 """Side-by-side inference: nstjax vs pytorch/examples' TransformerNet in PyTorch, same weights.
 
     python benchmarks/bench_infer.py                                   # 256, 512, 1920x1080; batch 1 and 4
-    python benchmarks/bench_infer.py --sizes 256x256 --batches 1 --repeats 3   # smoke
+    python benchmarks/bench_infer.py --sizes 256x256 --batches 1 --repeats 3 --rounds 1 --video-frames 0  # smoke
 
 The torch child (`.venv-bench`) builds pytorch/examples' TransformerNet (benchmarks/torch_ref.py,
 width 1, seeded, instance-norm affine randomized), saves its state dict as a `.pth`, and times
 its forward pass (eval, no_grad; the faster of contiguous and channels_last) on a real photo
 resized to each size. nstjax loads that very `.pth` (`nstjax.load_stylizer`, no torch), checks
 that its outputs equal torch's, and times the same forward passes (compiled once per shape,
-compile time excluded, host<->device copies included). Each side runs in its own process.
-Also measured: nstjax's video path end to end (decode + network + H.264 encode, audio copied)
-on a 480p clip. Results: a markdown table and benchmarks/results/infer_<machine>.json.
+compile time excluded, host<->device copies included). Each side runs in its own process;
+`--rounds` alternates the two processes, and the table gives each side's median round.
+Both run with the glibc malloc settings of `nstjax.infer` (conf/runtime/serve.yaml).
+
+Video, 480p H.264 with audio, both sides through the same PyAV pipeline
+(`nstjax.serving.video.stylize_video`: decode, network and encode overlapped, audio copied),
+batch 4: frames/s of the pipeline after one warm-up batch, and of the whole process from its
+start (imports, loading, compiling). nstjax's CLI (`python -m nstjax.infer`) is also timed.
+Results: a markdown table and benchmarks/results/infer_<machine>.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +35,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TORCH_PY = ROOT / ".venv-bench" / "bin" / "python"
+VIDEO_BATCH = 4
 
 
 def median_call(fn, repeats: int):
@@ -41,7 +49,7 @@ def median_call(fn, repeats: int):
     return float(np.median(times)), y
 
 
-def torch_child(args: argparse.Namespace) -> None:
+def _torch_net(args: argparse.Namespace):
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -55,7 +63,15 @@ def torch_child(args: argparse.Namespace) -> None:
             if isinstance(m, torch.nn.InstanceNorm2d):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
-    torch.save(net.state_dict(), args.weights)
+    if not Path(args.weights).exists():
+        torch.save(net.state_dict(), args.weights)
+    return net
+
+
+def torch_child(args: argparse.Namespace) -> None:
+    import torch
+
+    net = _torch_net(args)
     results = {}
     for spec in args.cases:
         size, batch = spec.split(":")
@@ -76,7 +92,15 @@ def torch_child(args: argparse.Namespace) -> None:
               open(args.out, "w"), indent=1)
 
 
+def _configure_nstjax_runtime() -> None:
+    """The runtime settings `nstjax.infer` runs with (conf/runtime/serve.yaml), minus the cache."""
+    from nstjax import config, runtime
+
+    runtime.configure(config.load(config.RuntimeConfig, config.compose("infer", ["runtime.compilation_cache=null"]).runtime))
+
+
 def nstjax_child(args: argparse.Namespace) -> None:
+    _configure_nstjax_runtime()
     import jax
 
     import nstjax
@@ -97,12 +121,70 @@ def nstjax_child(args: argparse.Namespace) -> None:
               open(args.out, "w"), indent=1)
 
 
-def video_fps(weights: Path, tmp: Path, photos: list[Path], frames: int) -> dict:
-    """nstjax end to end on a 480p H.264 clip with audio: decode + network + encode."""
+def _torch_video_network(args: argparse.Namespace):
+    """(B, H, W, 3) float32 in [0, 1] -> the same, by torch; sides padded to a multiple of 4 as
+    nstjax does (reflect, the extra split top // 2), so both networks see the same pixels."""
+    import torch
+    import torch.nn.functional as F
+
+    net = _torch_net(args)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        b, h, w, _ = x.shape
+        ph, pw = (-h) % 4, (-w) % 4
+        t = torch.from_numpy(x).permute(0, 3, 1, 2) * 255.0
+        if ph or pw:
+            t = F.pad(t, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="reflect")
+        with torch.no_grad():
+            y = net(t.contiguous())[:, :, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+        return (y / 255.0).permute(0, 2, 3, 1).numpy()
+
+    return run
+
+
+def _nstjax_video_network(args: argparse.Namespace):
+    _configure_nstjax_runtime()
+    import nstjax
+
+    return nstjax.load_stylizer(args.weights)
+
+
+def video_child(args: argparse.Namespace) -> None:
+    """One side's network through nstjax's PyAV pipeline: warm up on one batch, then time it."""
+    sys.path.insert(0, str(ROOT))
+    from nstjax.serving.video import probe, read_frames, stylize_video
+
+    t_start = time.perf_counter()
+    network = (_torch_video_network if args.child == "torch-video" else _nstjax_video_network)(args)
+    clip = Path(args.inputs) / "clip480.mp4"
+    info = probe(clip)
+    first = np.stack([f for f, _ in zip(read_frames(clip), range(VIDEO_BATCH))]).astype(np.float32) / 255.0
+    t0 = time.perf_counter()
+    network(first)  # nstjax: the compile; torch: its first call
+    warmup = time.perf_counter() - t0
+    net_seconds = [0.0]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        t = time.perf_counter()
+        y = network(x)
+        net_seconds[0] += time.perf_counter() - t
+        return y
+
+    t0 = time.perf_counter()
+    r = stylize_video(clip, Path(args.out).with_suffix(".mp4"), run, batch=VIDEO_BATCH)
+    pipeline = time.perf_counter() - t0
+    json.dump({"frames": r["frames"], "size": f"{info.width}x{info.height}", "batch": VIDEO_BATCH,
+               "pipeline_s": pipeline, "pipeline_fps": r["frames"] / pipeline,
+               "network_ms_per_frame": 1e3 * net_seconds[0] / r["frames"], "warmup_s": warmup,
+               "in_process_s": time.perf_counter() - t_start, "audio_packets": r["audio_packets"]},
+              open(args.out, "w"), indent=1)
+
+
+def make_clip(clip: Path, photos: list[Path], frames: int) -> None:
+    """A 480p H.264 clip with an AAC audio track, 12 frames per photo."""
     import av
     from PIL import Image
 
-    clip = tmp / "clip480.mp4"
     with av.open(str(clip), "w") as out:
         v = out.add_stream("libx264", rate=24)
         v.width, v.height, v.pix_fmt = 854, 480, "yuv420p"
@@ -119,35 +201,61 @@ def video_fps(weights: Path, tmp: Path, photos: list[Path], frames: int) -> dict
             af.sample_rate, af.pts = 44100, k
             out.mux(a.encode(af))
         out.mux(a.encode())
+
+
+def nstjax_cli_video(weights: Path, tmp: Path, frames: int) -> dict:
+    """nstjax's CLI end to end on the clip: process start-up, compile, decode + network + encode."""
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "nstjax.infer", f"model_path={weights}", f"input={clip}",
-                        f"output={tmp / 'out480.mp4'}", "batch=4"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "nstjax.infer", f"model_path={weights}", f"input={tmp / 'clip480.mp4'}",
+                        f"output={tmp / 'out480.mp4'}", f"batch={VIDEO_BATCH}", "overwrite=true"],
+                       capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode:
         raise SystemExit(r.stderr[-2000:])
-    return {"frames": frames, "size": "854x480", "process_wall_s": wall, "fps_including_startup": frames / wall,
+    return {"frames": frames, "process_wall_s": wall, "fps_including_startup": frames / wall,
             "report": r.stdout.strip().splitlines()[-1]}
+
+
+def _run_child(python: str, kind: str, common: list[str], out: Path, env: dict) -> dict:
+    t0 = time.perf_counter()
+    subprocess.run([python, __file__, "--child", kind, *common, "--out", str(out)], check=True, env=env)
+    result = json.loads(out.read_text())
+    result["process_wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def _median_round(rounds: list[dict], key: str) -> float:
+    return float(statistics.median(r[key] for r in rounds))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--child", choices=["torch", "nstjax"])
+    p.add_argument("--child", choices=["torch", "nstjax", "torch-video", "nstjax-video"])
     p.add_argument("--sizes", nargs="+", default=["256x256", "512x512", "1920x1080"])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--video-frames", type=int, default=96)
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per case in each process (median)")
+    p.add_argument("--rounds", type=int, default=3, help="torch and nstjax processes alternated this many times")
+    p.add_argument("--video-frames", type=int, default=96, help="frames of the 480p clip (0: no video)")
     p.add_argument("--torch-python", default=str(TORCH_PY))
-    for hidden in ("--inputs", "--weights", "--out"):  # parent -> child
+    p.add_argument("--out", help="result JSON (default: benchmarks/results/infer_cpu.json)")
+    for hidden in ("--inputs", "--weights"):  # parent -> child
         p.add_argument(hidden, help=argparse.SUPPRESS)
     p.add_argument("--cases", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        (torch_child if args.child == "torch" else nstjax_child)(args)
+        {"torch": torch_child, "nstjax": nstjax_child}.get(args.child, video_child)(args)
         return
     from PIL import Image
 
+    from nstjax import config
+    from nstjax.runtime import HOST_MALLOC_ENV
+
     assets = Path(os.environ.get("NSTJAX_ASSETS", ROOT.parent / "shared"))
     photos = sorted((assets / "data" / "photos" / "val").glob("*.jpg"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if config.compose("infer", []).runtime.host_malloc_cache:
+        env.update(HOST_MALLOC_ENV)  # the torch side gets the malloc settings nstjax.infer uses
+    result_path = Path(args.out) if args.out else HERE / "results" / "infer_cpu.json"
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for size in args.sizes:
@@ -157,26 +265,50 @@ def main() -> None:
         cases = [f"{s}:{b}" for s in args.sizes for b in args.batches]
         weights = tmp / "transformer_net.pth"
         common = ["--inputs", str(tmp), "--weights", str(weights), "--cases", *cases, "--repeats", str(args.repeats)]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        subprocess.run([args.torch_python, __file__, "--child", "torch", *common, "--out", str(tmp / "t.json")],
-                       check=True, env=env)
-        subprocess.run([sys.executable, __file__, "--child", "nstjax", *common, "--out", str(tmp / "j.json")],
-                       check=True, env=env)
-        t, j = json.loads((tmp / "t.json").read_text()), json.loads((tmp / "j.json").read_text())
-        video = video_fps(weights, tmp, photos, args.video_frames) if args.video_frames else None
-    print("| size | batch | nstjax ms/image | PyTorch ms/image | nstjax / PyTorch | max abs diff |")
+        torch_rounds, nstjax_rounds = [], []
+        for i in range(args.rounds):
+            torch_rounds.append(_run_child(args.torch_python, "torch", common, tmp / f"t{i}.json", env))
+            nstjax_rounds.append(_run_child(sys.executable, "nstjax", common, tmp / f"j{i}.json", env))
+        video = None
+        if args.video_frames:
+            make_clip(tmp / "clip480.mp4", photos, args.video_frames)
+            video = {"torch": [], "nstjax": [], "nstjax_cli": []}
+            for i in range(args.rounds):
+                video["torch"].append(_run_child(args.torch_python, "torch-video", common, tmp / f"tv{i}.json", env))
+                video["nstjax"].append(_run_child(sys.executable, "nstjax-video", common, tmp / f"jv{i}.json", env))
+            video["nstjax_cli"].append(nstjax_cli_video(weights, tmp, args.video_frames))
+
+    def case_rounds(rounds: list[dict], c: str) -> list[dict]:
+        return [r["cases"][c] for r in rounds]
+
+    print("| size | batch | nstjax ms/image | PyTorch ms/image | nstjax / PyTorch (rounds) | max abs diff |")
     print("|---|---|---|---|---|---|")
+    summary = {}
     for c in cases:
-        a, b = j["cases"][c], t["cases"][c]
+        a, b = case_rounds(nstjax_rounds, c), case_rounds(torch_rounds, c)
+        ja, tb = _median_round(a, "ms_per_image"), _median_round(b, "ms_per_image")
+        ratios = [x["ms_per_image"] / y["ms_per_image"] for x, y in zip(a, b)]
+        fmts = sorted({y["memory_format"] for y in b})
         size, batch = c.split(":")
-        print(f"| {size} | {batch} | {a['ms_per_image']:.1f} | {b['ms_per_image']:.1f} ({b['memory_format']}) | "
-              f"{a['ms_per_image'] / b['ms_per_image']:.2f}x | {a['max_abs_diff_vs_torch']:.1e} |")
+        summary[c] = {"nstjax_ms": ja, "torch_ms": tb, "ratio": ja / tb, "round_ratios": ratios}
+        print(f"| {size} | {batch} | {ja:.1f} | {tb:.1f} ({', '.join(fmts)}) | {ja / tb:.2f}x "
+              f"({min(ratios):.2f}-{max(ratios):.2f}) | {max(x['max_abs_diff_vs_torch'] for x in a):.1e} |")
     if video:
-        print(f"\nvideo 480p end to end: {video['report']}; {video['fps_including_startup']:.2f} frames/s "
-              f"including process start-up ({video['frames']} frames)")
-    out = HERE / "results" / "infer_cpu.json"
-    out.write_text(json.dumps({"nstjax": j, "torch": t, "video": video}, indent=1) + "\n")
-    print(f"raw results: {out}")
+        for side in ("nstjax", "torch"):
+            v = video[side]
+            fps = _median_round(v, "pipeline_fps")
+            proc = statistics.median(r["frames"] / r["process_wall_s"] for r in v)
+            net = _median_round(v, "network_ms_per_frame")
+            summary[f"video_{side}"] = {"pipeline_fps": fps, "process_fps": proc, "network_ms_per_frame": net}
+            print(f"\nvideo 480p ({v[0]['size']}, {v[0]['frames']} frames, batch {VIDEO_BATCH}), {side}: "
+                  f"{fps:.2f} frames/s through decode + network + encode ({net:.0f} ms/frame in the network), "
+                  f"{proc:.2f} frames/s for the whole process")
+        cli = video["nstjax_cli"][0]
+        print(f"nstjax CLI: {cli['report']}; {cli['fps_including_startup']:.2f} frames/s including start-up")
+    result_path.write_text(json.dumps({"rounds": args.rounds, "repeats": args.repeats, "summary": summary,
+                                       "nstjax": nstjax_rounds, "torch": torch_rounds, "video": video},
+                                      indent=1) + "\n")
+    print(f"raw results: {result_path}")
 
 
 if __name__ == "__main__":

@@ -360,7 +360,8 @@ class InferConfig:
     fps: Optional[float] = None
     stablehlo: bool = MISSING
     alpha: float = MISSING  # style strength: 1 the network's output, 0 the photo
-    tile: Optional[int] = None  # stylize in overlapping tiles of this many px (images larger than memory)
+    tile: Any = None  # overlapping tiles of this many px, or "auto" (from memory_budget); None: whole images
+    memory_budget: Optional[float] = None  # MB for tile=auto; None: $NSTJAX_MEMORY_BUDGET, else half the free memory
     start: float = 0.0  # video: first second to stylize
     duration: Optional[float] = None  # video: seconds to stylize from `start` (None: to the end)
     overlap: int = 64  # tile overlap, blended with feathered weights
@@ -381,8 +382,17 @@ class InferConfig:
         if self.batch < 1:
             raise NstjaxError(f"batch: expected a positive integer, got {self.batch!r}")
         _one_of(self.color, "color", INFER_COLOR_MODES)
-        if self.tile is not None and (self.tile < 16 or self.overlap < 0 or self.tile <= 2 * self.overlap):
-            raise NstjaxError(f"tile={self.tile}, overlap={self.overlap}: need tile >= 16 and tile > 2 * overlap >= 0")
+        if self.tile is not None and self.tile != "auto":
+            try:
+                self.tile = int(self.tile)
+            except (TypeError, ValueError):
+                raise NstjaxError(f"tile: expected a tile size in px, auto or null, got {self.tile!r}") from None
+            if self.tile < 16 or self.tile <= 2 * self.overlap:
+                raise NstjaxError(f"tile={self.tile}, overlap={self.overlap}: need tile >= 16 and tile > 2 * overlap >= 0")
+        if self.overlap < 0:
+            raise NstjaxError(f"overlap: expected px >= 0, got {self.overlap}")
+        if self.memory_budget is not None and not (self.memory_budget > 0 and math.isfinite(self.memory_budget)):
+            raise NstjaxError(f"memory_budget: expected a positive number of MB or null, got {self.memory_budget!r}")
         if self.start < 0 or (self.duration is not None and not self.duration > 0):
             raise NstjaxError(f"start={self.start}, duration={self.duration}: need start >= 0 and duration > 0")
         if not 0.0 <= self.alpha <= 1.0:

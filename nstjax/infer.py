@@ -19,6 +19,11 @@ from nstjax.cli import entry_point
 from nstjax.config import InferConfig
 
 
+def _tile_note(size: str, t: dict) -> str:
+    what = "the whole image" if t["tile"] is None else f"{t['tile']} px tiles"
+    return f"; tile=auto at {size}: {what} ({t['network_mb']:.0f} MB of a {t['budget_mb']:.0f} MB budget)"
+
+
 @entry_point("infer", InferConfig)
 def main(cfg: InferConfig, run_dir: Path) -> None:
     from nstjax.serving.job import run_infer
@@ -29,7 +34,8 @@ def main(cfg: InferConfig, run_dir: Path) -> None:
     print(f"wrote {what}: {r['images']} image(s) at {shapes}, {r['ms_per_image']:.1f} ms/image after "
           f"{r['compile_seconds']:.2f} s compile ({r['compiles']} shape(s), batch {r['batch']}, "
           f"{r['backend']}, {r['device']})" + (f"; skipped {r['skipped']} unreadable input(s)" if r["skipped"] else "")
-          + (f"; {r['existing']} existing output(s) kept (overwrite=true redoes them)" if r["existing"] else ""))
+          + (f"; {r['existing']} existing output(s) kept (overwrite=true redoes them)" if r["existing"] else "")
+          + "".join(_tile_note(size, t) for size, t in (r.get("tiles") or {}).items()))
     longest = max((max(s[1:3]) for s in r["shapes"]), default=0)
     if r.get("made_for") and longest > 1.5 * r["made_for"] and cfg.net_size is None:
         print(f"note: this network was made for {r['made_for']} px outputs; its strokes look smaller at {longest} px "

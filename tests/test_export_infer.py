@@ -319,6 +319,61 @@ def test_tiles_blend_without_visible_seams(setup, tmp_path, photos):
     assert len(stylize.compile_seconds) <= 3  # the whole image, and one shape per tile size
 
 
+def test_tile_auto_tiles_when_the_budget_is_too_small_for_the_whole_image(setup, tmp_path, photos, monkeypatch):
+    from nstjax.serving.loading import load_artifact
+    from nstjax.serving.memory import MB, network_bytes, plan_tiles
+    from nstjax.serving.tiling import tile_starts
+
+    img = load_resized(photos / "val" / "kodak24_kodim05.jpg", 400)  # 400x400
+    src = tmp_path / "photo.png"
+    Image.fromarray(to_uint8(img)).save(src)
+    stylize = load_artifact(setup["artifact"])
+    whole_bytes = network_bytes(stylize, (1, 400, 400, 3))
+    small = network_bytes(stylize, (2, 64, 64, 3))
+    assert small < whole_bytes / 4  # measured, and growing with the pixels
+    budget = 0.5 * whole_bytes
+    plan = plan_tiles(stylize, 400, 400, batch=2, overlap=48, budget=int(budget))
+    assert plan.tile is not None and 2 * 48 < plan.tile < 400 and plan.bytes <= budget
+    assert network_bytes(stylize, (2, plan.tile + 16, plan.tile + 16, 3)) > budget  # the largest that fits
+    # The job: tiles of that size, blended without a seam (the metric of the test above).
+    out = tmp_path / "auto.png"
+    r = run_infer(_cfg(model_path=str(setup["artifact"]), input=str(src), output=str(out), size=None, batch=2,
+                       tile="auto", overlap=48, memory_budget=budget / MB))
+    assert r["tiles"] == {"400x400": {"tile": plan.tile, "network_mb": plan.bytes / MB, "budget_mb": budget / MB}}
+    assert r["shapes"] == [[2, plan.tile, plan.tile, 3]]
+    tiled = _png(out).astype(np.float32) / 255
+    whole = np.clip(stylize(np.asarray(Image.open(src).convert("RGB"), np.float32) / 255), 0, 1)
+    starts = tile_starts(400, plan.tile, plan.tile - 48)
+    cuts = sorted({s + plan.tile for s in starts[:-1]} | set(starts[1:]))
+    assert _seam_ratio(tiled, whole, cuts) < 1.2
+    # A budget the whole image fits in runs it whole; the budget comes from the environment too.
+    monkeypatch.setenv("NSTJAX_MEMORY_BUDGET", str(2 * whole_bytes / MB))
+    r = run_infer(_cfg(model_path=str(setup["artifact"]), input=str(src), output=str(tmp_path / "w.png"), size=None,
+                       tile="auto", overwrite=True))
+    assert r["tiles"]["400x400"]["tile"] is None and r["shapes"] == [[1, 400, 400, 3]]
+    np.testing.assert_array_equal(_png(tmp_path / "w.png"), to_uint8(whole).astype(np.int16))
+
+
+def test_tile_auto_refuses_a_budget_too_small_for_any_tile(setup, tmp_path, photos, monkeypatch):
+    src = photos / "val" / "kodak24_kodim05.jpg"
+    with pytest.raises(NstjaxError, match=r"memory_budget: 1 MB is too small for even a minimal tile \(112x112 px"):
+        run_infer(_cfg(model_path=str(setup["artifact"]), input=str(src), output=str(tmp_path / "o.png"), size=None,
+                       tile="auto", overlap=48, memory_budget=1.0))
+    monkeypatch.setenv("NSTJAX_MEMORY_BUDGET", "lots")
+    with pytest.raises(NstjaxError, match="NSTJAX_MEMORY_BUDGET: expected a positive number of MB, got 'lots'"):
+        run_infer(_cfg(model_path=str(setup["artifact"]), input=str(src), output=str(tmp_path / "o.png"), size=None,
+                       tile="auto"))
+    for bad, match in ((dict(tile="big"), "tile: expected a tile size in px, auto or null, got 'big'"),
+                       (dict(tile="auto", memory_budget=-5), "memory_budget: expected a positive number of MB")):
+        with pytest.raises(NstjaxError, match=match):
+            _cfg(model_path="m.npz", input="i.png", output="o.png", **bad)
+    r = subprocess.run([sys.executable, "-m", "nstjax.infer", f"model_path={setup['artifact']}", f"input={src}",
+                        f"output={tmp_path / 'o.png'}", "tile=auto", "memory_budget=1"], capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 2 and r.stderr.strip().startswith("nstjax: error: memory_budget: 1 MB is too small"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_an_8k_image_stylizes_in_tiles_within_memory(setup, tmp_path, photos):
     from PIL import Image
 

@@ -1,9 +1,11 @@
 """padded_conv (the networks' CPU convolution) equals XLA's VALID convolution, values and grads.
 
-The CPU formulation computes a zero-padded convolution and crops it, and its own kernel
-gradient (one product per tap); these tests pin it to the textbook VALID convolution for the
-shapes the networks use: 3x3 and 9x9 kernels, strides 1 and 2, odd sizes, few and many output
-channels (the three kernel-gradient paths), float32 and bfloat16.
+The CPU formulation computes a zero-padded convolution and crops it (Winograd for many
+channels, width-blocked for the RGB input), and its own kernel gradient (one product per
+tap); these tests pin it to the textbook VALID convolution for the shapes the networks use:
+3x3 and 9x9 kernels, strides 1 and 2, odd sizes, few and many input and output channels (the
+forward and kernel-gradient paths), float32 and bfloat16. Also the upsampling convolution,
+computed at the input's resolution (nstjax/ops/upsample_conv.py).
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nstjax.networks.johnson import reflect_pad, upsample_nearest2x
 from nstjax.ops.padded_conv import _cpu_conv, padded_conv, valid_conv
+from nstjax.ops.upsample_conv import upsample2x_conv3x3
 
 CASES = [  # (cin, cout, kernel, stride, height, width)
     (3, 16, 9, 1, 21, 17),
@@ -23,6 +27,7 @@ CASES = [  # (cin, cout, kernel, stride, height, width)
     (32, 16, 3, 1, 15, 8),
     (16, 16, 5, 1, 11, 13),
     (4, 5, 3, 1, 7, 10),
+    (3, 8, 9, 1, 9, 30),  # width-blocked: output width not a multiple of the block
 ]
 
 
@@ -60,8 +65,51 @@ def test_bfloat16_kernel_gradient_stays_close():
     assert float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want))) < 2e-2
 
 
+def _rel_err(got, want):
+    return float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
+
+
+@pytest.mark.parametrize("h,w", [(16, 16), (13, 10), (3, 7)])
+def test_winograd_forward_matches_valid_conv(h, w):
+    """128+ input channels, 3x3, stride 1, float32: the forward is Winograd F(4x4, 3x3) (rounds
+    ~1e-5 relative), the gradients are the direct ones."""
+    xp, kernel, kd = _inputs(128, 64, 3, h + 2, w + 2)
+    assert "dot_general" in str(jax.make_jaxpr(_cpu_conv, static_argnums=2)(xp, kernel, 1))
+    ref = valid_conv(xp, kernel)
+    assert _rel_err(jax.jit(_cpu_conv, static_argnums=2)(xp, kernel, 1), ref) < 2e-5
+    dy = jax.random.normal(kd, ref.shape)
+    want = jax.vjp(valid_conv, xp, kernel)[1](dy)
+    got = jax.jit(lambda a, b, d: jax.vjp(lambda x, y: _cpu_conv(x, y, 1), a, b)[1](d))(xp, kernel, dy)
+    for g, r in zip(got, want):
+        assert _rel_err(g, r) < 2e-5
+
+
+@pytest.mark.parametrize("cin,cout,h,w", [(8, 4, 5, 7), (16, 8, 1, 3), (64, 32, 6, 6)])
+def test_upsample_conv_at_input_resolution_matches_upsample_pad_conv(cin, cout, h, w):
+    x, kernel, kd = _inputs(cin, cout, 3, h, w, seed=cin)
+
+    def reference(x, k):
+        return valid_conv(reflect_pad(upsample_nearest2x(x), 1), k)
+
+    def fast(x, k):
+        return upsample2x_conv3x3(x, k, padded_conv)
+
+    ref = reference(x, kernel)
+    out = jax.jit(fast)(x, kernel)
+    assert out.shape == ref.shape == (2, 2 * h, 2 * w, cout)
+    assert _rel_err(out, ref) < 1e-5
+    dy = jax.random.normal(kd, ref.shape)
+    want = jax.vjp(reference, x, kernel)[1](dy)
+    got = jax.jit(lambda a, b, d: jax.vjp(fast, a, b)[1](d))(x, kernel, dy)
+    for g, r in zip(got, want):
+        assert _rel_err(g, r) < 2e-5
+
+
 def test_padded_conv_uses_the_cpu_formulation_on_cpu():
-    xp, kernel, _ = _inputs(3, 16, 9, 21, 17)
     assert jax.default_backend() == "cpu"
+    xp, kernel, _ = _inputs(16, 3, 9, 20, 24)
     jaxpr = str(jax.make_jaxpr(padded_conv)(xp, kernel))
     assert "custom_vjp" in jaxpr and "padding=((4, 4), (4, 4))" in jaxpr
+    xp, kernel, _ = _inputs(3, 16, 9, 21, 20)  # the RGB input: 4-pixel blocks, a 9x3 kernel of blocks
+    jaxpr = str(jax.make_jaxpr(padded_conv)(xp, kernel))
+    assert "custom_vjp" in jaxpr and "padding=((4, 4), (1, 1))" in jaxpr

@@ -14,6 +14,7 @@ from flax import nnx
 from nstjax.errors import NstjaxError
 from nstjax.ops.pad import pad_to_multiple
 from nstjax.ops.padded_conv import padded_conv
+from nstjax.ops.upsample_conv import upsample2x_conv3x3
 
 Array = jax.Array
 
@@ -100,16 +101,21 @@ class ConvLayer(nnx.Module):
             rngs=rngs,
         )
 
+    def operands(self, x: Array) -> tuple[Array, Array, Array | None]:
+        """(x, kernel, bias) in the compute dtype."""
+        c = self.conv
+        kernel = c.kernel[...]
+        bias = c.bias[...] if c.bias is not None else None
+        if c.dtype is not None:
+            x, kernel = x.astype(c.dtype), kernel.astype(c.dtype)
+            bias = None if bias is None else bias.astype(c.dtype)
+        return x, kernel, bias
+
     def __call__(self, x: Array) -> Array:
         # nnx.Conv holds the parameters; the convolution itself is padded_conv, which picks
         # the formulation that is fast on the backend (see nstjax/ops/padded_conv.py).
-        c = self.conv
-        xp, kernel = reflect_pad(x, self.pad), c.kernel[...]
-        bias = c.bias[...] if c.bias is not None else None
-        if c.dtype is not None:
-            xp, kernel = xp.astype(c.dtype), kernel.astype(c.dtype)
-            bias = None if bias is None else bias.astype(c.dtype)
-        y = padded_conv(xp, kernel, c.strides[0])
+        x, kernel, bias = self.operands(x)
+        y = padded_conv(reflect_pad(x, self.pad), kernel, self.conv.strides[0])
         return y if bias is None else y + bias
 
 
@@ -128,7 +134,13 @@ class UpsampleConvLayer(nnx.Module):
         self.conv = ConvLayer(in_features, out_features, kernel_size, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
-        return self.conv(upsample_nearest2x(x))
+        if self.conv.pad != 1 or jax.default_backend() != "cpu":
+            return self.conv(upsample_nearest2x(x))
+        # On CPU: the same numbers as one 2x2 convolution at x's resolution (4 taps per output
+        # instead of 9, no upsampled copy; nstjax/ops/upsample_conv.py). GPUs keep cuDNN's.
+        x, kernel, bias = self.conv.operands(x)
+        y = upsample2x_conv3x3(x, kernel, padded_conv)
+        return y if bias is None else y + bias
 
 
 def instance_norm(features: int, *, dtype: jnp.dtype | None, rngs: nnx.Rngs) -> nnx.InstanceNorm:

@@ -3,7 +3,9 @@
 The networks reflection-pad and then convolve without padding (VALID), which XLA:CPU runs
 slowly in both directions (README, "How nstjax got there"). On CPU:
 
-* forward: the same convolution asked for *with* zero padding, cropped back;
+* forward: the same convolution asked for *with* zero padding, cropped back; Winograd
+  F(4x4, 3x3) for 3x3 float32 convolutions with many channels (the residual blocks); for inputs
+  with few channels (the RGB image), the width folded into channels first (`_width_blocked`);
 * kernel gradient: one matrix product per kernel tap (or per kernel row, where X has at least
   as many channels as dY), except for few output channels, where XLA's own is faster.
 
@@ -15,12 +17,18 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from nstjax.ops import winograd
 
 Array = jax.Array
 _DN = ("NHWC", "HWIO", "NHWC")
 _MIN_TAP_OUT = 16   # below this many output channels XLA's weight gradient is faster
 _CHUNKS = 16        # row chunks for the per-tap products (parallel work for the CPU threads)
+_MAX_BLOCKED_IN = 4  # inputs with at most this many channels (the RGB image) get the width-blocked forward
+_WIDTH_BLOCK = 4     # ... with the width folded into channels by blocks of this many pixels
+_MIN_WINOGRAD_IN = 128  # float32 3x3 stride-1 convolutions with this many input channels: Winograd
 
 
 def valid_conv(xp: Array, kernel: Array, stride: int = 1) -> Array:
@@ -34,14 +42,47 @@ def _out_size(n: int, k: int, s: int) -> int:
 
 def _padded_then_cropped(xp: Array, kernel: Array, stride: int) -> Array:
     """valid_conv(xp, kernel, stride), computed as a zero-padded convolution and a crop."""
-    k = kernel.shape[0]
-    oh, ow = _out_size(xp.shape[1], k, stride), _out_size(xp.shape[2], k, stride)
+    kh, kw = kernel.shape[:2]
+    oh, ow = _out_size(xp.shape[1], kh, stride), _out_size(xp.shape[2], kw, stride)
     if stride == 1:
-        p = k // 2
-        y = lax.conv_general_dilated(xp, kernel, (1, 1), ((p, k - 1 - p), (p, k - 1 - p)), dimension_numbers=_DN)
-        return y[:, p:p + oh, p:p + ow]
-    y = lax.conv_general_dilated(xp, kernel, (stride, stride), ((0, k - 1), (0, k - 1)), dimension_numbers=_DN)
+        ph, pw = kh // 2, kw // 2
+        y = lax.conv_general_dilated(xp, kernel, (1, 1), ((ph, kh - 1 - ph), (pw, kw - 1 - pw)),
+                                     dimension_numbers=_DN)
+        return y[:, ph:ph + oh, pw:pw + ow]
+    y = lax.conv_general_dilated(xp, kernel, (stride, stride), ((0, kh - 1), (0, kw - 1)), dimension_numbers=_DN)
     return y[:, :oh, :ow]
+
+
+def _width_blocked(xp: Array, kernel: Array, f: int) -> Array:
+    """Stride-1 valid_conv(xp, kernel) with the width folded into channels by blocks of `f` px.
+
+    XLA:CPU convolves a 3-channel input far below its matrix-product speed. Reshaping the rows
+    into blocks of f pixels ((B, H, W, C) -> (B, H, W / f, f C), free in memory) turns the
+    (kh, kw) convolution into a (kh, ceil((f + kw - 1) / f)) convolution from f C to f Cout
+    channels, whose kernel holds each output pixel's taps at its offset in the block (zeros
+    elsewhere): a few more multiplications, in a shape the CPU runs several times faster.
+    """
+    b, hp, wp, c = xp.shape
+    kh, kw, _, cout = kernel.shape
+    oh, ow = hp - kh + 1, wp - kw + 1
+    nb, kb = -(-ow // f), -(-(f + kw - 1) // f)  # output blocks; kernel width in blocks
+    width = (nb + kb - 1) * f
+    xq = jnp.pad(xp, ((0, 0), (0, 0), (0, width - wp), (0, 0))) if width >= wp else xp[:, :, :width]
+    # place[u, d, p, j] = 1 where input pixel d of block u meets output pixel p of the block at kernel column j
+    u, d, q, j = np.ogrid[:kb, :f, :f, :kw]
+    place = jnp.asarray(u * f + d - q == j, kernel.dtype)
+    k = jnp.einsum("udpj,ijco->iudcpo", place, kernel).reshape(kh, kb, f * c, f * cout)
+    y = _padded_then_cropped(xq.reshape(b, hp, nb + kb - 1, f * c), k, 1)
+    return y.reshape(b, oh, nb * f, cout)[:, :, :ow]
+
+
+def _forward(xp: Array, kernel: Array, stride: int) -> Array:
+    k, _, cin, _ = kernel.shape
+    if stride == 1 and k == 3 and kernel.shape[1] == 3 and cin >= _MIN_WINOGRAD_IN and xp.dtype == jnp.float32:
+        return winograd.conv3x3_valid(xp, kernel)
+    if stride == 1 and kernel.shape[2] <= _MAX_BLOCKED_IN and kernel.shape[1] > 1:
+        return _width_blocked(xp, kernel, _WIDTH_BLOCK)
+    return _padded_then_cropped(xp, kernel, stride)
 
 
 def _tap_kernel_grad(xp: Array, dy: Array, k: int, stride: int) -> Array:
@@ -85,11 +126,11 @@ def _row_shift_kernel_grad(xp: Array, dy: Array, k: int) -> Array:
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _cpu_conv(xp: Array, kernel: Array, stride: int) -> Array:
-    return _padded_then_cropped(xp, kernel, stride)
+    return _forward(xp, kernel, stride)
 
 
 def _cpu_conv_fwd(xp: Array, kernel: Array, stride: int):
-    return _padded_then_cropped(xp, kernel, stride), (xp, kernel)
+    return _forward(xp, kernel, stride), (xp, kernel)
 
 
 def _cpu_conv_bwd(stride: int, res, dy: Array):

@@ -81,14 +81,40 @@ def conv3x3(x: jax.Array, u: jax.Array, out_major: bool = False) -> jax.Array:
     the (Cout x Cin) kernels are the large operand, and XLA:CPU's product then repacks only the
     small tile matrices instead of 36 kernels per call (faster below OUT_MAJOR_MAX_TILES; README).
     """
-    b, h, w, c = x.shape
+    _, h, w, _ = x.shape
     nh, nw = -(-h // TILE), -(-w // TILE)
     xp = jnp.pad(x, ((0, 0), (1, TILE * nh + 1 - h), (1, TILE * nw + 1 - w), (0, 0)))
+    return _tiled(xp, u, h, w, out_major)
+
+
+def conv3x3_valid(xp: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Stride-1 VALID 3x3 convolution of an already padded NHWC `xp` with an HWIO `kernel`.
+
+    For trainable kernels: the kernel transform runs in the graph (`kernel_transform_traced`).
+    """
+    _, hp, wp, _ = xp.shape
+    h, w = hp - 2, wp - 2
+    nh, nw = -(-h // TILE), -(-w // TILE)
+    xq = jnp.pad(xp, ((0, 0), (0, TILE * nh - h), (0, TILE * nw - w), (0, 0)))
+    return _tiled(xq, kernel_transform_traced(kernel), h, w, False)
+
+
+def kernel_transform_traced(w: jax.Array) -> jax.Array:
+    """`kernel_transform` in the graph: G g G^T as two rounds of fused sums (no K=3 products)."""
+    rows = _combine(G, [w[i] for i in range(3)])                    # 6 x (3, Cin, Cout)
+    u = [t for r in rows for t in _combine(G, [r[j] for j in range(3)])]  # 36 x (Cin, Cout)
+    return jnp.stack(u)
+
+
+def _tiled(xp: jax.Array, u: jax.Array, h: int, w: int, out_major: bool) -> jax.Array:
+    """The Winograd convolution of `xp`, zero-padded to (4 nh + 2, 4 nw + 2), cropped to (h, w)."""
+    b, c = xp.shape[0], xp.shape[-1]
+    nh, nw = (xp.shape[1] - 2) // TILE, (xp.shape[2] - 2) // TILE
     # Two separable stages, each one fused loop writing a stacked array (one 36-way stack was
     # 1.5-2.5x slower to run and 3x slower to compile).
     r = jnp.stack(_combine(BT, [xp[:, i:i + TILE * nh:TILE] for i in range(6)]))      # (6, b, nh, W+2, c)
     v = jnp.stack(_combine(BT, [r[:, :, :, j:j + TILE * nw:TILE] for j in range(6)]), axis=1)
-    v, u = v.reshape(36, b * nh * nw, c), u.astype(x.dtype)
+    v, u = v.reshape(36, b * nh * nw, c), u.astype(xp.dtype)
     if out_major:
         # The output transform reads the (36, Cout, tiles) product as it is: a transpose after
         # the product would let XLA swap the operands back.

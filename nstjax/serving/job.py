@@ -13,19 +13,40 @@ from nstjax.image import fit_size, resize
 from nstjax.config import InferConfig
 from nstjax.serving.media import DEFAULT_FPS, VideoWriter, check_output, open_source, output_name, save_animation
 from nstjax.serving.stream import RunStats, stylize_stream
+from nstjax.serving.memory import MB, budget_bytes, plan_tiles
 from nstjax.serving.tiling import stylize_tiled
 
 
 def tiled_stream(stylizer: Any, items: Iterator[tuple[Any, np.ndarray]], cfg: InferConfig,
                  stats: RunStats) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
-    """Each image in overlapping tiles (`tile`, `overlap`); one executable for every tile."""
+    """Each image in overlapping tiles (`tile`, `overlap`); one executable for every tile.
+
+    With tile=auto the tile comes from the memory budget, per image size (nstjax/serving/memory.py):
+    the whole image when the network fits the budget at that size, else the largest tile that does.
+    """
+    budget = budget_bytes(cfg.memory_budget) if cfg.tile == "auto" else 0
+    plans: dict[tuple[int, int], int | None] = {}
     for key, img in items:
-        th, tw = min(cfg.tile, img.shape[0]), min(cfg.tile, img.shape[1])
-        n = 1 if (th, tw) == img.shape[:2] else cfg.batch
+        tile = cfg.tile
+        if tile == "auto":
+            if img.shape[:2] not in plans:
+                plan = plan_tiles(stylizer, *img.shape[:2], batch=cfg.batch, overlap=cfg.overlap, budget=budget)
+                plans[img.shape[:2]] = plan.tile
+                stats.tiles[f"{img.shape[1]}x{img.shape[0]}"] = {"tile": plan.tile, "network_mb": plan.bytes / MB,
+                                                                 "budget_mb": plan.budget / MB}
+            tile = plans[img.shape[:2]]
+        if tile is None:  # tile=auto and the whole image fits
+            th, tw, n = img.shape[0], img.shape[1], 1
+        else:
+            th, tw = min(tile, img.shape[0]), min(tile, img.shape[1])
+            n = 1 if (th, tw) == img.shape[:2] else cfg.batch
         stylizer.compile((n, th, tw, 3))  # outside the timed region
         stats.shapes.add((n, th, tw, 3))
         t0 = time.perf_counter()
-        y = stylize_tiled(stylizer, img, tile=cfg.tile, overlap=cfg.overlap, batch=cfg.batch)
+        if tile is None:
+            y = stylizer(img)
+        else:
+            y = stylize_tiled(stylizer, img, tile=tile, overlap=cfg.overlap, batch=cfg.batch)
         stats.seconds += time.perf_counter() - t0
         stats.images += 1
         yield key, img, y
@@ -182,4 +203,5 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
         "device": _device(stylizer),
         "durations": list(src.durations) if target == "anim" and src.durations else None,
         "made_for": made_for(stylizer),
+        "tiles": stats.tiles or None,
     }

@@ -14,6 +14,7 @@ class RunStats:
     images: int = 0
     seconds: float = 0.0  # network time after compilation (host<->device copies included)
     shapes: set = field(default_factory=set)
+    tiles: dict = field(default_factory=dict)  # tile=auto: image size -> the tile chosen, its memory, the budget
 
     @property
     def ms_per_image(self) -> float:

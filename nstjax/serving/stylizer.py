@@ -104,21 +104,32 @@ class Stylizer:
         return self.device_shape(tuple(int(s) for s in shape)) in self._cache
 
     def compile(self, shape: tuple[int, ...]) -> Any:
-        import jax
-
         key = self.device_shape(tuple(int(s) for s in shape))
         exe = self._cache.get(key)
         if exe is None:
-            if min(key[1:3]) < self.min_padded_side:
-                raise NstjaxError(
-                    f"image {shape[1]}x{shape[2]} is too small for the {self.backend} artifact (both sides "
-                    f"must be >= {self.min_padded_side - self.pad_multiple + 1} px); use a larger size= "
-                    "or a params artifact")
             t0 = time.perf_counter()
-            exe = self._fn.lower(self._param_spec, jax.ShapeDtypeStruct(key, np.float32)).compile()
+            exe = self._compile(key, shape)
             self.compile_seconds[key] = time.perf_counter() - t0
             self._cache[key] = exe
         return exe
+
+    def memory_analysis(self, shape: tuple[int, ...], keep: bool = True) -> Any:
+        """XLA's memory analysis of the executable for `shape` (`tile=auto`); with `keep=False`
+        a shape not compiled yet is compiled for this question only, not cached."""
+        key = self.device_shape(tuple(int(s) for s in shape))
+        if keep or key in self._cache:
+            return self.compile(shape).memory_analysis()
+        return self._compile(key, shape).memory_analysis()
+
+    def _compile(self, key: tuple[int, ...], shape: tuple[int, ...]) -> Any:
+        import jax
+
+        if min(key[1:3]) < self.min_padded_side:
+            raise NstjaxError(
+                f"image {shape[1]}x{shape[2]} is too small for the {self.backend} artifact (both sides "
+                f"must be >= {self.min_padded_side - self.pad_multiple + 1} px); use a larger size= "
+                "or a params artifact")
+        return self._fn.lower(self._param_spec, jax.ShapeDtypeStruct(key, np.float32)).compile()
 
     def __call__(self, images: Any) -> np.ndarray:
         x = np.asarray(images, dtype=np.float32)
