@@ -426,6 +426,7 @@ class EvaluateConfig:
     data: EvalPhotosConfig = MISSING
     sizes: List[int] = MISSING  # long sides the outputs are judged at
     square: bool = MISSING  # centre square crops (as training validation) or the photos' own aspect
+    net_size: Optional[int] = None  # the network runs at this long side, outputs resized to each size (as infer)
     style_scale: float = MISSING  # style targets from the style image at style_scale x the long side
     style: Optional[StyleConfig] = None  # None: the style the model was trained on
     loss: Optional[TrainLossConfig] = None
@@ -446,6 +447,8 @@ class EvaluateConfig:
             raise NstjaxError("sizes: give at least one long side, e.g. sizes=[512,1024]")
         for side in self.sizes:
             _positive(side, "sizes", 16)
+        if self.net_size is not None:
+            _positive(self.net_size, "net_size", 16)
         if not self.style_scale > 0:
             raise NstjaxError(f"style_scale must be > 0, got {self.style_scale}")
         _positive(self.gatys_steps, "gatys_steps", 0)

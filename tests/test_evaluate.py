@@ -97,3 +97,28 @@ def test_infer_names_the_size_a_network_was_made_for(trained, tmp_path, assets):
     assert r.returncode == 0 and "made for" not in r.stdout, r.stdout
     with Image.open(tmp_path / "b.jpg") as im:
         assert im.size == (712, 474)  # the output keeps the photo's size
+
+
+def test_evaluate_at_the_networks_own_scale(trained, tmp_path, assets, photos):
+    """net_size runs the network at that long side and judges its output resized to each size of
+    use, as `nstjax.infer net_size=N` makes it (the gain at 1024 px is a benchmark: README)."""
+    report, images = tmp_path / "r.json", tmp_path / "strips"
+    args = [f"model_path={trained['run'] / 'checkpoints'}", f"data.path={photos / 'val'}", f"data.limit={VAL}",
+            "sizes=[256,512]", "net_size=256", f"output={report}", f"images={images}"]
+    r = run_cli("nstjax.evaluate", args, tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(report.read_text())
+    assert rep["net_size"] == 256
+    val = trained["summary"]["val_at"]
+    # At its own size net_size changes nothing: the trainer's numbers.
+    for key in ("style", "content"):
+        assert rep["sizes"]["256"]["network"][key] == pytest.approx(val["256"][key], rel=1e-3), key
+    # At 512 the output is the 256 px one resized: judged against the same photos and targets,
+    # but not the same output as running the network at 512.
+    up, native = rep["sizes"]["512"]["network"], val["512"]
+    assert up["photo_style"] == pytest.approx(native["photo_style"], rel=1e-3)
+    assert up["style"] != pytest.approx(native["style"], rel=1e-2)
+    # Resizing softens edges, yet they follow their own photo more than another one.
+    assert up["edge_corr_own"] > 0.08 and up["edge_corr_own"] > up["edge_corr_other"], up
+    with Image.open(sorted(images.glob("*_512.jpg"))[0]) as im:
+        assert im.size == (2 * 512, 512)  # photo | network, at the size of use

@@ -73,17 +73,19 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     gatys = GatysSettings(loss=loss, optimizer=cfg.gatys_optimizer, steps=cfg.gatys_steps,
                           log_every=max(cfg.gatys_steps, 1))
     report: dict[str, Any] = {"model_path": str(cfg.model_path), "model": stylizer.model, "style": list(style.image),
-                              "photos": names, "square": cfg.square, "style_scale": cfg.style_scale,
+                              "photos": names, "square": cfg.square, "net_size": cfg.net_size, "style_scale": cfg.style_scale,
                               "loss": to_dict(loss_cfg), "vgg_pooling": pooling, "sizes": {}}
     bar = tqdm(total=len(cfg.sizes) * len(photos), desc="evaluate", unit="photo", dynamic_ncols=True)
     for side in cfg.sizes:
         xs = [at_long_side(p, side, cfg.square) for p in photos]
         ys, gs, net_seconds, gatys_seconds = [], [], 0.0, 0.0
         for name, x in zip(names, xs):
-            stylizer.compile((1, *x.shape))  # outside the timed region
+            xin = x if cfg.net_size is None else resize(x, fit_size(x.shape[:2], cfg.net_size))
+            stylizer.compile((1, *xin.shape))  # outside the timed region
             t0 = time.perf_counter()
-            ys.append(np.clip(stylizer(x), 0.0, 1.0))
+            y = np.clip(stylizer(xin), 0.0, 1.0)
             net_seconds += time.perf_counter() - t0
+            ys.append(resize(y, x.shape[:2]) if xin is not x else y)  # judged at the size of use
             if cfg.gatys_steps:  # the same loss, the style at the judge's scale
                 ss = [resize(s, fit_size(s.shape[:2], judge.style_side(side))) for s in styles]
                 r = run_gatys(vgg, x, ss, gatys, blend=style.blend_weights or None)
