@@ -75,7 +75,7 @@ def load_artifact(path: str | os.PathLike, *, use_compiled_format: bool = True) 
     where = f"model artifact {str(p)!r}"
     runner = runner_for(meta["model"])
     runner.check(params, where, ARTIFACT_HINT)
-    return Stylizer(runner.apply, params, meta=meta, backend="params", cache=runner.executables)
+    return Stylizer(runner.serve, params, meta=meta, backend="params", cache=runner.executables)
 
 
 def load_stylizer(path: str | os.PathLike, *, step: int | str | None = None, use_compiled_format: bool = True) -> Stylizer:
@@ -93,7 +93,7 @@ def load_stylizer(path: str | os.PathLike, *, step: int | str | None = None, use
         runner.check(params, where, CHECKPOINT_HINT)
         config = src.pop("config", None)
         meta = {"kind": "checkpoint", "model": model_cfg, "source": src, "config": config}
-        return Stylizer(runner.apply, {n: params[n] for n in runner.names}, meta=meta, backend="params",
+        return Stylizer(runner.serve, {n: params[n] for n in runner.names}, meta=meta, backend="params",
                         cache=runner.executables)
     if not p.exists():
         raise NstjaxError(
@@ -108,7 +108,7 @@ def load_stylizer(path: str | os.PathLike, *, step: int | str | None = None, use
         params, model_cfg, src = load_source(p, None, "model_path")
         runner = runner_for(model_cfg)
         runner.check(params, f"torch state dict {str(p)!r}", "is it pytorch/examples' TransformerNet?")
-        return Stylizer(runner.apply, {n: params[n] for n in runner.names},
+        return Stylizer(runner.serve, {n: params[n] for n in runner.names},
                         meta={"kind": "torch", "model": model_cfg, "source": src}, backend="params",
                         cache=runner.executables)
     return load_artifact(p, use_compiled_format=use_compiled_format)

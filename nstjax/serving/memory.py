@@ -2,9 +2,9 @@
 
 The network's memory for an input shape is what XLA's buffer assignment reserves for the
 compiled executable (`compiled.memory_analysis()`: temporaries, arguments and outputs), read
-without running it. Two small probe shapes give a line, bytes = fixed + per_pixel * pixels
-(the parameters and their transforms are fixed, every activation scales with the pixels); the
-largest tile the line allows is then compiled and checked against the budget, a step smaller
+without running it. Two small probe shapes, at the batch that will run, give a line,
+bytes = fixed + per_pixel * pixels of one image (the parameters and their transforms are fixed,
+every activation scales with the pixels); the largest tile the line allows is then compiled and checked against the budget, a step smaller
 each time it does not fit.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from nstjax.errors import NstjaxError
 BUDGET_ENV = "NSTJAX_MEMORY_BUDGET"  # MB, when memory_budget is not set
 DEFAULT_FRACTION = 0.5  # of the available memory, when neither is set
 TILE_STEP = 16  # tile sides are multiples of this
-_PROBES = (128, 256)  # probe sides (batch 1) for the line
+_PROBES = (128, 256)  # probe sides for the line, at the batch that will run
 _MAX_CHECKS = 6  # compiles to find a tile under the budget after the line's guess
 
 MB = 2**20
@@ -73,13 +73,16 @@ def network_bytes(stylizer: Any, shape: tuple[int, ...], keep: bool = True) -> i
 _LINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def memory_line(stylizer: Any) -> tuple[float, float]:
-    """(fixed bytes, bytes per input pixel) of the network, from two probe compiles; once per stylizer."""
-    if stylizer not in _LINES:
-        (p0, b0), (p1, b1) = [(t * t, network_bytes(stylizer, (1, t, t, 3), keep=False)) for t in _PROBES]
+def memory_line(stylizer: Any, batch: int = 1) -> tuple[float, float]:
+    """(fixed bytes, bytes per pixel of one image) of the network at `batch`, from two probe
+    compiles; once per stylizer and batch (a batch need not cost `batch` times one image: on CPU
+    the images of a batch run one at a time)."""
+    lines = _LINES.setdefault(stylizer, {})
+    if batch not in lines:
+        (p0, b0), (p1, b1) = [(t * t, network_bytes(stylizer, (batch, t, t, 3), keep=False)) for t in _PROBES]
         per_pixel = max(1.0, (b1 - b0) / (p1 - p0))
-        _LINES[stylizer] = (b0 - per_pixel * p0, per_pixel)
-    return _LINES[stylizer]
+        lines[batch] = (b0 - per_pixel * p0, per_pixel)
+    return lines[batch]
 
 
 @dataclass(frozen=True)
@@ -98,14 +101,12 @@ def plan_tiles(stylizer: Any, height: int, width: int, *, batch: int, overlap: i
             return (1, height, width, 3)
         return (batch, min(t, height), min(t, width), 3)
 
-    def pixels(t: int | None) -> int:
-        n, h, w, _ = shape(t)
-        return n * h * w
-
-    fixed, per_pixel = memory_line(stylizer)
-
     def predicted(t: int | None) -> float:
-        return fixed + per_pixel * pixels(t)
+        n, h, w, _ = shape(t)
+        f, per_pixel = memory_line(stylizer, n)
+        return f + per_pixel * h * w
+
+    fixed = memory_line(stylizer, batch)[0]
 
     smallest = TILE_STEP * (2 * overlap // TILE_STEP + 1)  # the first multiple above 2 * overlap
     if predicted(None) <= budget:
