@@ -1,7 +1,7 @@
 """padded_conv (the networks' CPU convolution) equals XLA's VALID convolution, values and grads.
 
 The CPU formulation computes a zero-padded convolution and crops it (Winograd for many
-channels, width-blocked for the RGB input), and its own kernel gradient (one product per
+channels, width-blocked for the RGB input, kernel columns as channels for the RGB output), and its own kernel gradient (one product per
 tap); these tests pin it to the textbook VALID convolution for the shapes the networks use:
 3x3 and 9x9 kernels, strides 1 and 2, odd sizes, few and many input and output channels (the
 forward and kernel-gradient paths), float32 and bfloat16. Also the upsampling convolution,
@@ -69,11 +69,11 @@ def _rel_err(got, want):
     return float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
 
 
-@pytest.mark.parametrize("h,w", [(16, 16), (13, 10), (3, 7)])
-def test_winograd_forward_matches_valid_conv(h, w):
-    """128+ input channels, 3x3, stride 1, float32: the forward is Winograd F(4x4, 3x3) (rounds
-    ~1e-5 relative), the gradients are the direct ones."""
-    xp, kernel, kd = _inputs(128, 64, 3, h + 2, w + 2)
+@pytest.mark.parametrize("k,h,w", [(3, 16, 16), (3, 13, 10), (3, 3, 7), (2, 12, 9), (2, 5, 5), (2, 1, 3)])
+def test_winograd_forward_matches_valid_conv(k, h, w):
+    """128+ input channels, stride 1, float32: the forward is Winograd F(4x4, 3x3) for 3x3 and
+    F(5x5, 2x2) for 2x2 kernels (rounds ~1e-5 relative), the gradients are the direct ones."""
+    xp, kernel, kd = _inputs(128, 64, k, h + k - 1, w + k - 1)
     assert "dot_general" in str(jax.make_jaxpr(_cpu_conv, static_argnums=2)(xp, kernel, 1))
     ref = valid_conv(xp, kernel)
     assert _rel_err(jax.jit(_cpu_conv, static_argnums=2)(xp, kernel, 1), ref) < 2e-5
@@ -84,7 +84,7 @@ def test_winograd_forward_matches_valid_conv(h, w):
         assert _rel_err(g, r) < 2e-5
 
 
-@pytest.mark.parametrize("cin,cout,h,w", [(8, 4, 5, 7), (16, 8, 1, 3), (64, 32, 6, 6)])
+@pytest.mark.parametrize("cin,cout,h,w", [(8, 4, 5, 7), (16, 8, 1, 3), (64, 32, 6, 6), (128, 16, 7, 4)])
 def test_upsample_conv_at_input_resolution_matches_upsample_pad_conv(cin, cout, h, w):
     x, kernel, kd = _inputs(cin, cout, 3, h, w, seed=cin)
 
@@ -107,9 +107,33 @@ def test_upsample_conv_at_input_resolution_matches_upsample_pad_conv(cin, cout, 
 
 def test_padded_conv_uses_the_cpu_formulation_on_cpu():
     assert jax.default_backend() == "cpu"
-    xp, kernel, _ = _inputs(16, 3, 9, 20, 24)
+    xp, kernel, _ = _inputs(16, 8, 9, 20, 24)
     jaxpr = str(jax.make_jaxpr(padded_conv)(xp, kernel))
     assert "custom_vjp" in jaxpr and "padding=((4, 4), (4, 4))" in jaxpr
+    xp, kernel, _ = _inputs(16, 3, 9, 20, 24)  # the RGB output: a 9x1 convolution to 9 x 3 channels
+    jaxpr = str(jax.make_jaxpr(padded_conv)(xp, kernel))
+    assert "custom_vjp" in jaxpr and "padding=((4, 4), (0, 0))" in jaxpr
     xp, kernel, _ = _inputs(3, 16, 9, 21, 20)  # the RGB input: 4-pixel blocks, a 9x3 kernel of blocks
     jaxpr = str(jax.make_jaxpr(padded_conv)(xp, kernel))
     assert "custom_vjp" in jaxpr and "padding=((4, 4), (1, 1))" in jaxpr
+
+
+def test_inference_compiles_the_network_with_xlas_own_convolutions():
+    """Stylizer compiles with CPU_COMPILER_OPTIONS (YNNPACK for reductions only): its convolutions
+    stay XLA instructions, and its output equals the network compiled with XLA's defaults."""
+    from flax import nnx
+
+    from nstjax import trees
+    from nstjax.networks import build_network
+    from nstjax.networks.johnson import JohnsonConfig
+    from nstjax.serving.stylizer import Stylizer, runner_for
+
+    runner = runner_for(JohnsonConfig(width=0.75, num_residual=1))
+    params = trees.flatten(nnx.split(build_network(runner.config, rngs=nnx.Rngs(3)), nnx.Param)[1],
+                           drop_variable_value=True)
+    stylizer = Stylizer(runner.serve, params, meta={}, backend="params")
+    x = np.asarray(jax.random.uniform(jax.random.key(1), (1, 40, 36, 3)))
+    entry = stylizer.compile(x.shape).as_text().split("ENTRY")[1]
+    assert "convolution(" in entry  # an XLA convolution, not one inside a YNNPACK fusion
+    want = jax.jit(runner.apply)(params, x)
+    assert _rel_err(jnp.asarray(stylizer(x)), want) < 1e-5

@@ -4,12 +4,18 @@ The networks reflection-pad and then convolve without padding (VALID), which XLA
 slowly in both directions (README, "How nstjax got there"). On CPU:
 
 * forward: the same convolution asked for *with* zero padding, cropped back; Winograd
-  F(4x4, 3x3) for 3x3 float32 convolutions with many channels (the residual blocks); for inputs
-  with few channels (the RGB image), the width folded into channels first (`_width_blocked`);
+  F(4x4, 3x3) for 3x3 float32 convolutions with many channels (the residual blocks) and
+  F(5x5, 2x2) for the upsampling convolutions' phases; for inputs with few channels (the RGB
+  image), the width folded into channels first (`_width_blocked`); for few output channels, the
+  kernel columns as channels (`_column_taps_summed`);
 * kernel gradient: one matrix product per kernel tap (or per kernel row, where X has at least
   as many channels as dY), except for few output channels, where XLA's own is faster.
 
 On GPUs cuDNN handles VALID convolutions well, so there the plain convolution is used.
+
+These formulations are tuned for executables compiled with `CPU_COMPILER_OPTIONS`, which
+inference uses (nstjax/serving/stylizer.py): XLA's own convolution and matrix-product kernels,
+YNNPACK only for reductions (README, "Inference on CPU").
 """
 from __future__ import annotations
 
@@ -24,11 +30,18 @@ from nstjax.ops import winograd
 
 Array = jax.Array
 _DN = ("NHWC", "HWIO", "NHWC")
+# XLA:CPU compile options for the networks' forward pass: YNNPACK (XLA's default for CPU
+# convolutions and products in this jaxlib) only for reductions; its convolutions measured
+# slower than XLA's own for every layer here but the RGB output, which `_column_taps_summed` fixes.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 _MIN_TAP_OUT = 16   # below this many output channels XLA's weight gradient is faster
 _CHUNKS = 16        # row chunks for the per-tap products (parallel work for the CPU threads)
 _MAX_BLOCKED_IN = 4  # inputs with at most this many channels (the RGB image) get the width-blocked forward
 _WIDTH_BLOCK = 4     # ... with the width folded into channels by blocks of this many pixels
+_MAX_SHIFTED_OUT = 4  # outputs with at most this many channels (the RGB output) ...
+_MIN_SHIFTED_IN = 8   # ... from this many: column taps as channels, then summed
 _MIN_WINOGRAD_IN = 128  # float32 3x3 stride-1 convolutions with this many input channels: Winograd
+_MIN_WINOGRAD2_IN = 128  # float32 2x2 stride-1 ones (the upsampling convs' phases): Winograd F(5x5, 2x2)
 
 
 def valid_conv(xp: Array, kernel: Array, stride: int = 1) -> Array:
@@ -76,12 +89,31 @@ def _width_blocked(xp: Array, kernel: Array, f: int) -> Array:
     return y.reshape(b, oh, nb * f, cout)[:, :, :ow]
 
 
+def _column_taps_summed(xp: Array, kernel: Array) -> Array:
+    """Stride-1 valid_conv(xp, kernel) for few output channels (the RGB output).
+
+    A (kh, kw) convolution to Cout channels is a (kh, 1) convolution to kw Cout channels (every
+    kernel column's taps at once), then the sum of those kw column groups, each shifted by its
+    column: a shape the CPU's convolution runs near its matrix-product speed, plus one fused pass.
+    """
+    b, hp, wp, cin = xp.shape
+    kh, kw, _, cout = kernel.shape
+    oh, ow = hp - kh + 1, wp - kw + 1
+    columns = kernel.transpose(0, 2, 1, 3).reshape(kh, 1, cin, kw * cout)
+    z = _padded_then_cropped(xp, columns, 1).reshape(b, oh, wp, kw, cout)
+    return sum(z[:, :, j:j + ow, j] for j in range(kw))
+
+
 def _forward(xp: Array, kernel: Array, stride: int) -> Array:
     k, _, cin, _ = kernel.shape
     if stride == 1 and k == 3 and kernel.shape[1] == 3 and cin >= _MIN_WINOGRAD_IN and xp.dtype == jnp.float32:
         return winograd.conv3x3_valid(xp, kernel)
+    if stride == 1 and k == 2 and kernel.shape[1] == 2 and cin >= _MIN_WINOGRAD2_IN and xp.dtype == jnp.float32:
+        return winograd.conv2x2_valid(xp, kernel)
     if stride == 1 and kernel.shape[2] <= _MAX_BLOCKED_IN and kernel.shape[1] > 1:
         return _width_blocked(xp, kernel, _WIDTH_BLOCK)
+    if stride == 1 and kernel.shape[3] <= _MAX_SHIFTED_OUT and kernel.shape[1] > 1 and cin >= _MIN_SHIFTED_IN:
+        return _column_taps_summed(xp, kernel)
     return _padded_then_cropped(xp, kernel, stride)
 
 

@@ -1,4 +1,4 @@
-"""3x3 'SAME' convolutions with Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray 2016).
+"""3x3 and 2x2 convolutions with Winograd's minimal filtering F(4x4, 3x3) / F(5x5, 2x2) (Lavin & Gray 2016).
 
 Each 4x4 output tile comes from a 6x6 input tile: V = B^T d B, M = V * U summed over input
 channels (36 independent GEMMs of (tiles x Cin) @ (Cin x Cout)), Y = A^T M A, with the kernel
@@ -7,8 +7,12 @@ pre-transformed once as U = G g G^T. That is 36 multiplies per 16 outputs instea
 (already near the CPU's peak) on the VGG loss network. The transforms are sums of strided
 slices that XLA fuses; relative error against the direct convolution is ~1e-5 in float32.
 
-Only used for frozen convolutions (the VGG loss network), whose kernels never change, so the
-transform is paid once; see `nstjax.vgg.frozen_kernels`.
+F(5x5, 2x2) interpolates at the same points, so it shares B^T (6x6 input tiles) and needs 36
+multiplies per 25 outputs instead of 100; it runs the networks' upsampling convolutions, which
+are 2x2 convolutions at the input's resolution (nstjax/ops/upsample_conv.py).
+
+Frozen convolutions (the VGG loss network) transform their kernels once on the host
+(`nstjax.vgg.frozen_kernels`); trainable ones (the networks) transform them in the graph.
 """
 from __future__ import annotations
 
@@ -33,7 +37,20 @@ AT = np.array([[1, 1, 1, 1, 1, 0],
                [0, 1, -1, 2, -2, 0],
                [0, 1, 1, 4, 4, 0],
                [0, 1, -1, 8, -8, 1]], np.float64)
+# F(5x5, 2x2): the same six points (0, 1, -1, 2, -2, infinity), hence the same BT.
+G2 = np.array([[1 / 4, 0],
+               [-1 / 6, -1 / 6],
+               [-1 / 6, 1 / 6],
+               [1 / 24, 1 / 12],
+               [1 / 24, -1 / 12],
+               [0, 1]], np.float64)
+AT2 = np.array([[1, 1, 1, 1, 1, 0],
+                [0, 1, -1, 2, -2, 0],
+                [0, 1, 1, 4, 4, 0],
+                [0, 1, -1, 8, -8, 0],
+                [0, 1, 1, 16, 16, 1]], np.float64)
 TILE = 4  # output tile side; input tiles are TILE + 2
+TILE2 = 5  # ... of F(5x5, 2x2); input tiles are TILE2 + 1
 # Below this many tiles per product (deep layers of small images, e.g. conv4/conv5 of a 256 px
 # Gatys image: 48 and 12 tiles), the kernel is stored output-major and goes first in the product.
 OUT_MAJOR_MAX_TILES = 128
@@ -99,31 +116,44 @@ def conv3x3_valid(xp: jax.Array, kernel: jax.Array) -> jax.Array:
     return _tiled(xq, kernel_transform_traced(kernel), h, w, False)
 
 
-def kernel_transform_traced(w: jax.Array) -> jax.Array:
+def conv2x2_valid(xp: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Stride-1 VALID 2x2 convolution of NHWC `xp` with a (2, 2, Cin, Cout) kernel, F(5x5, 2x2)."""
+    _, hp, wp, _ = xp.shape
+    h, w = hp - 1, wp - 1
+    nh, nw = -(-h // TILE2), -(-w // TILE2)
+    xq = jnp.pad(xp, ((0, 0), (0, TILE2 * nh - h), (0, TILE2 * nw - w), (0, 0)))
+    return _tiled(xq, kernel_transform_traced(kernel, G2), h, w, False, TILE2, AT2)
+
+
+def kernel_transform_traced(w: jax.Array, g: np.ndarray = G) -> jax.Array:
     """`kernel_transform` in the graph: G g G^T as two rounds of fused sums (no K=3 products)."""
-    rows = _combine(G, [w[i] for i in range(3)])                    # 6 x (3, Cin, Cout)
-    u = [t for r in rows for t in _combine(G, [r[j] for j in range(3)])]  # 36 x (Cin, Cout)
+    k = g.shape[1]
+    rows = _combine(g, [w[i] for i in range(k)])                    # 6 x (k, Cin, Cout)
+    u = [t for r in rows for t in _combine(g, [r[j] for j in range(k)])]  # 36 x (Cin, Cout)
     return jnp.stack(u)
 
 
-def _tiled(xp: jax.Array, u: jax.Array, h: int, w: int, out_major: bool) -> jax.Array:
-    """The Winograd convolution of `xp`, zero-padded to (4 nh + 2, 4 nw + 2), cropped to (h, w)."""
+def _tiled(xp: jax.Array, u: jax.Array, h: int, w: int, out_major: bool,
+           tile: int = TILE, at: np.ndarray = AT) -> jax.Array:
+    """The Winograd convolution of `xp`, zero-padded to whole 6x6 input tiles at a stride of
+    `tile` (output tiles of `tile` x `tile`, output transform `at`), cropped to (h, w)."""
     b, c = xp.shape[0], xp.shape[-1]
-    nh, nw = (xp.shape[1] - 2) // TILE, (xp.shape[2] - 2) // TILE
+    halo = 6 - tile
+    nh, nw = (xp.shape[1] - halo) // tile, (xp.shape[2] - halo) // tile
     # Two separable stages, each one fused loop writing a stacked array (one 36-way stack was
     # 1.5-2.5x slower to run and 3x slower to compile).
-    r = jnp.stack(_combine(BT, [xp[:, i:i + TILE * nh:TILE] for i in range(6)]))      # (6, b, nh, W+2, c)
-    v = jnp.stack(_combine(BT, [r[:, :, :, j:j + TILE * nw:TILE] for j in range(6)]), axis=1)
+    r = jnp.stack(_combine(BT, [xp[:, i:i + tile * nh:tile] for i in range(6)]))      # (6, b, nh, W+halo, c)
+    v = jnp.stack(_combine(BT, [r[:, :, :, j:j + tile * nw:tile] for j in range(6)]), axis=1)
     v, u = v.reshape(36, b * nh * nw, c), u.astype(xp.dtype)
     if out_major:
         # The output transform reads the (36, Cout, tiles) product as it is: a transpose after
         # the product would let XLA swap the operands back.
         m = jnp.einsum("koc,kpc->kop", u, v).reshape(6, 6, -1, b, nh, nw)
-        r = jnp.stack(_combine(AT, [m[i] for i in range(6)]), axis=4)                 # (6, o, b, nh, 4, nw)
-        y = jnp.stack(_combine(AT, [r[j] for j in range(6)]), axis=5)                 # (o, b, nh, 4, nw, 4)
+        r = jnp.stack(_combine(at, [m[i] for i in range(6)]), axis=4)                 # (6, o, b, nh, t, nw)
+        y = jnp.stack(_combine(at, [r[j] for j in range(6)]), axis=5)                 # (o, b, nh, t, nw, t)
         y = jnp.moveaxis(y, 0, -1)
     else:
         m = jnp.einsum("kpc,kco->kpo", v, u).reshape(6, 6, b, nh, nw, -1)
-        r = jnp.stack(_combine(AT, [m[i] for i in range(6)]), axis=3)                 # (6, b, nh, 4, nw, o)
-        y = jnp.stack(_combine(AT, [r[j] for j in range(6)]), axis=4)                 # (b, nh, 4, nw, 4, o)
-    return y.reshape(b, TILE * nh, TILE * nw, -1)[:, :h, :w]
+        r = jnp.stack(_combine(at, [m[i] for i in range(6)]), axis=3)                 # (6, b, nh, t, nw, o)
+        y = jnp.stack(_combine(at, [r[j] for j in range(6)]), axis=4)                 # (b, nh, t, nw, t, o)
+    return y.reshape(b, tile * nh, tile * nw, -1)[:, :h, :w]

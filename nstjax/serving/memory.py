@@ -4,8 +4,8 @@ The network's memory for an input shape is what XLA's buffer assignment reserves
 compiled executable (`compiled.memory_analysis()`: temporaries, arguments and outputs), read
 without running it. Two small probe shapes, at the batch that will run, give a line,
 bytes = fixed + per_pixel * pixels of one image (the parameters and their transforms are fixed,
-every activation scales with the pixels); the largest tile the line allows is then compiled and checked against the budget, a step smaller
-each time it does not fit.
+every activation scales with the pixels). The largest tile the line allows is then compiled and
+checked against the budget, a step smaller each time it does not fit.
 """
 from __future__ import annotations
 

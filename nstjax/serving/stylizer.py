@@ -139,7 +139,16 @@ class Stylizer:
                 f"image {shape[1]}x{shape[2]} is too small for the {self.backend} artifact (both sides "
                 f"must be >= {self.min_padded_side - self.pad_multiple + 1} px); use a larger size= "
                 "or a params artifact")
-        return self._fn.lower(self._param_spec, jax.ShapeDtypeStruct(key, np.float32)).compile()
+        lowered = self._fn.lower(self._param_spec, jax.ShapeDtypeStruct(key, np.float32))
+        if jax.default_backend() == "cpu":
+            from nstjax.ops.padded_conv import CPU_COMPILER_OPTIONS
+
+            try:
+                return lowered.compile(CPU_COMPILER_OPTIONS)
+            except jax.errors.JaxRuntimeError as e:  # a jaxlib without the option: its defaults
+                if "xla_cpu_experimental_ynn_fusion_type" not in str(e):
+                    raise
+        return lowered.compile()
 
     def __call__(self, images: Any) -> np.ndarray:
         x = np.asarray(images, dtype=np.float32)
