@@ -38,8 +38,8 @@ _MIN_TAP_OUT = 16   # below this many output channels XLA's weight gradient is f
 _CHUNKS = 16        # row chunks for the per-tap products (parallel work for the CPU threads)
 _MAX_BLOCKED_IN = 4  # inputs with at most this many channels (the RGB image) get the width-blocked forward
 _WIDTH_BLOCK = 4     # ... with the width folded into channels by blocks of this many pixels
-_MAX_SHIFTED_OUT = 4  # outputs with at most this many channels (the RGB output) ...
-_MIN_SHIFTED_IN = 8   # ... from this many: column taps as channels, then summed
+_MAX_COLUMN_TAPS_OUT = 4  # outputs with at most this many channels (the RGB output) ...
+_MIN_COLUMN_TAPS_IN = 8  # ... from this many: column taps as channels, then summed
 _MIN_WINOGRAD_IN = 128  # float32 3x3 stride-1 convolutions with this many input channels: Winograd
 _MIN_WINOGRAD2_IN = 128  # float32 2x2 stride-1 ones (the upsampling convs' phases): Winograd F(5x5, 2x2)
 
@@ -112,7 +112,8 @@ def _forward(xp: Array, kernel: Array, stride: int) -> Array:
         return winograd.conv2x2_valid(xp, kernel)
     if stride == 1 and kernel.shape[2] <= _MAX_BLOCKED_IN and kernel.shape[1] > 1:
         return _width_blocked(xp, kernel, _WIDTH_BLOCK)
-    if stride == 1 and kernel.shape[3] <= _MAX_SHIFTED_OUT and kernel.shape[1] > 1 and cin >= _MIN_SHIFTED_IN:
+    few_out = kernel.shape[3] <= _MAX_COLUMN_TAPS_OUT and cin >= _MIN_COLUMN_TAPS_IN
+    if stride == 1 and few_out and kernel.shape[1] > 1:
         return _column_taps_summed(xp, kernel)
     return _padded_then_cropped(xp, kernel, stride)
 
