@@ -4,7 +4,8 @@
 Reads each run's summary.json (nstjax.train) and .hydra/overrides.yaml and prints a markdown
 table: the validation losses on the training crops and, at `--size` (one of the run's
 `train.val_sizes`), the full-size outputs' style and content losses, how far below the photos'
-own style loss they are, and the edge correlation with their own photo and with another one.
+own style loss they are, the palette (colour distance to the style's, beside the photos' own),
+and the edge correlation with their own photo and with another one.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-SORT_KEYS = ("run", "style_reduction", "style", "content", "edge_corr_own", "minutes")
+SORT_KEYS = ("run", "style_reduction", "style", "content", "palette", "edge_corr_own", "minutes")
 
 
 def collect(root: Path, size: str) -> list[dict]:
@@ -29,7 +30,8 @@ def collect(root: Path, size: str) -> list[dict]:
         rows.append({"run": str(run.relative_to(root)) or ".", "overrides": overrides, "step": s["step"],
                      "crop_style_reduction": s["style_loss_reduction"], "minutes": s["train_seconds"] / 60,
                      **{k: at[k] for k in ("style", "content", "photo_style", "style_loss_reduction",
-                                           "edge_corr_own", "edge_corr_other")}})
+                                           "edge_corr_own", "edge_corr_other")},
+                     "palette": at.get("palette", float("nan")), "photo_palette": at.get("photo_palette", float("nan"))})
         rows[-1]["style_reduction"] = rows[-1].pop("style_loss_reduction")
     return rows
 
@@ -48,11 +50,12 @@ def main() -> None:
     reverse = args.sort in ("style_reduction", "edge_corr_own")
     rows.sort(key=lambda r: r[args.sort], reverse=reverse)
     print(f"| run | overrides | steps | minutes | crops: style vs photos | {args.size} px: style | vs photos' "
-          f"| content | edges own / other |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"| content | palette (photos') | edges own / other |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['run']} | {r['overrides']} | {r['step']} | {r['minutes']:.1f} | {r['crop_style_reduction']:.1f}x lower "
               f"| {r['style']:.4g} | {r['style_reduction']:.1f}x lower | {r['content']:.4g} "
+              f"| {r['palette']:.4g} ({r['photo_palette']:.4g}) "
               f"| {r['edge_corr_own']:.2f} / {r['edge_corr_other']:.2f} |")
 
 

@@ -78,6 +78,7 @@ class LossConfig:
     content_weight: float = MISSING
     style_weight: float = MISSING
     tv_weight: float = MISSING
+    palette_weight: float = 0.0  # the style's colours (sliced Wasserstein in RGB); 0: off, no cost
 
     def perceptual(self):  # -> nstjax.perceptual.PerceptualLoss (validates layers and weights)
         from nstjax.perceptual import PerceptualLoss

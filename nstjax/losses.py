@@ -7,7 +7,9 @@ the weights meaningful across resolutions, which the coarse-to-fine pyramid reli
 The perceptual objective (`nstjax.perceptual.PerceptualLoss`) is a weighted sum of the terms
 registered in `TERMS`. To add a loss: write a pure function of `TermInputs` here, decorate it
 with `@term("name")`, and give it a weight (`loss.<name>_weight` in `nstjax.config.LossConfig`).
-Gatys and training then both use it.
+Gatys and training then both use it. A term that compares against a statistic of the style
+image's pixels passes `style_statistic=`: the objective computes it once with the Gram targets
+(blend-weighted over style images) and hands it over as `t.style_targets[name]`.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Features = Mapping[str, jax.Array]
 
@@ -27,21 +30,27 @@ class TermInputs:
     image: jax.Array  # (B, H, W, 3) in [0, 1]: the optimized image or the network's output
     feats: Features  # its VGG features at every layer the objective uses
     content_targets: Features  # target features at the content layers
-    style_grams: Features  # target Gram matrices at the style layers
+    style_targets: Features  # target Gram matrices by style layer, and style statistics by term name
     content_layers: Mapping[str, float]  # layer -> weight
     style_layers: Mapping[str, float]
 
 
 Term = Callable[[TermInputs], jax.Array]
+StyleStatistic = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) style image in [0, 1] -> target
 #: Loss terms by name, in the order they are reported; the objective weights each by name.
 TERMS: dict[str, Term] = {}
+#: For terms that compare against the style image's pixels: the target they need, by term name.
+STYLE_STATISTICS: dict[str, StyleStatistic] = {}
 
 
-def term(name: str) -> Callable[[Term], Term]:
-    """Register a pure loss term under `name` (its weight is then `weights[name]`)."""
+def term(name: str, style_statistic: StyleStatistic | None = None) -> Callable[[Term], Term]:
+    """Register a pure loss term under `name` (its weight is then `weights[name]`), with the
+    statistic of a style image it compares against, if any (blended linearly over styles)."""
 
     def register(fn: Term) -> Term:
         TERMS[name] = fn
+        if style_statistic is not None:
+            STYLE_STATISTICS[name] = style_statistic
         return fn
 
     return register
@@ -92,6 +101,52 @@ def style_loss(feats: Features, target_grams: Features, weights: Mapping[str, fl
     return sum(w * mse(gram(feats[k]), target_grams[k]) for k, w in weights.items())
 
 
+# The palette: the sliced Wasserstein distance between the image's colours and the style's, along
+# fixed directions in RGB (the channels, grey and 12 seeded ones; targets and loss share them).
+PALETTE_DIRECTIONS = np.concatenate([np.eye(3), np.ones((1, 3)), np.random.default_rng(0).standard_normal((12, 3))])
+PALETTE_DIRECTIONS = (PALETTE_DIRECTIONS / np.linalg.norm(PALETTE_DIRECTIONS, axis=1, keepdims=True)).astype(np.float32)
+PALETTE_QUANTILES = 1024  # points of the style's quantile function per direction
+PALETTE_BINS = 256  # histogram bins per direction for the image's ranks
+
+
+def palette_quantiles(rgb01: np.ndarray) -> np.ndarray:
+    """(H, W, 3) style image -> (Q, D): its colours' quantile function along each direction,
+    on the 0..255 scale."""
+    proj = np.asarray(rgb01, np.float32).reshape(-1, 3) @ (255.0 * PALETTE_DIRECTIONS.T)
+    return np.quantile(proj, (np.arange(PALETTE_QUANTILES) + 0.5) / PALETTE_QUANTILES, axis=0).astype(np.float32)
+
+
+def palette_loss(rgb01: jax.Array, quantiles: jax.Array) -> jax.Array:
+    """Squared sliced 2-Wasserstein distance between the colours of each image and the style's
+    (the quantile function `quantiles`, (Q, D)), on the 0..255 scale, averaged over directions.
+
+    Risser et al.'s histogram matching along each direction: every pixel's rank comes from a
+    histogram (linear within its bin), its matched value from the style's quantile function at
+    that rank, and the loss is mean((p - stop_gradient(matched))^2). Its gradient is the sorted
+    sliced Wasserstein gradient without a sort (a sort of every pixel is slow on CPU).
+    """
+    dirs = jnp.asarray(255.0 * PALETTE_DIRECTIONS)
+    b = rgb01.shape[0]
+    p = rgb01.reshape(b, -1, 3).astype(jnp.float32) @ dirs.T  # (B, N, D)
+    n, d = p.shape[1:]
+    lo = jnp.sum(jnp.minimum(dirs, 0.0), axis=1)  # each direction's range over the RGB cube
+    width = (jnp.sum(jnp.maximum(dirs, 0.0), axis=1) - lo) / PALETTE_BINS
+    pos = jnp.clip((jax.lax.stop_gradient(p) - lo) / width, 0.0, PALETTE_BINS - 1e-3)
+    idx = pos.astype(jnp.int32)
+    # One histogram per (image, direction): a scatter-add of ones at flat (b, d, bin) keys.
+    key = (jnp.arange(b)[:, None, None] * d + jnp.arange(d)) * PALETTE_BINS + idx
+    counts = jnp.zeros(b * d * PALETTE_BINS, jnp.float32).at[key.ravel()].add(1.0).reshape(b, d, PALETTE_BINS)
+    below = jnp.cumsum(counts, axis=-1) - counts
+    rank = (below.ravel()[key] + (pos - idx) * counts.ravel()[key]) / n  # in [0, 1]
+    q = jnp.clip(rank * PALETTE_QUANTILES - 0.5, 0.0, PALETTE_QUANTILES - 1.0)
+    j0 = jnp.minimum(q.astype(jnp.int32), PALETTE_QUANTILES - 2)
+    w = q - j0
+    qt = quantiles.reshape(-1)  # (Q * D,), row-major: [j, d] at j * D + d
+    col = jnp.arange(d)
+    matched = qt[j0 * d + col] * (1.0 - w) + qt[(j0 + 1) * d + col] * w
+    return jnp.mean(jnp.square(p - jax.lax.stop_gradient(matched)))
+
+
 def tv_loss(rgb01: jax.Array) -> jax.Array:
     """Squared total variation of the image on the 0..255 scale: mean(dy^2) + mean(dx^2)."""
     y = rgb01 * 255.0
@@ -114,9 +169,14 @@ def content_term(t: TermInputs) -> jax.Array:
 def style_term(t: TermInputs) -> jax.Array:
     if not t.style_layers:
         return jnp.zeros((), jnp.float32)
-    return style_loss(t.feats, t.style_grams, t.style_layers)
+    return style_loss(t.feats, t.style_targets, t.style_layers)
 
 
 @term("tv")
 def tv_term(t: TermInputs) -> jax.Array:
     return tv_loss(t.image)
+
+
+@term("palette", style_statistic=palette_quantiles)
+def palette_term(t: TermInputs) -> jax.Array:
+    return palette_loss(t.image, t.style_targets["palette"])

@@ -32,7 +32,7 @@ class Targets(NamedTuple):
     """What the objective compares against (a pytree, passed to compiled steps as an argument)."""
 
     content: Features  # features at the content layers
-    style: Features  # (blended) Gram matrices at the style layers
+    style: Features  # (blended) Gram matrices at the style layers, and style statistics by term
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,21 +93,29 @@ class PerceptualLoss:
 
     def style_targets(self, encoder: Encoder, styles: Sequence[np.ndarray | jax.Array],
                       blend: Sequence[float] | None = None) -> Features:
-        """Gram matrices of the style image(s) at the style layers, blend-weighted."""
+        """Gram matrices of the style image(s) at the style layers, and the style statistic of
+        every term in `weights` that has one (`losses.STYLE_STATISTICS`), blend-weighted."""
         blend = normalized_blend(blend, len(styles))
+        stats = [n for n in self.weights if n in losses.STYLE_STATISTICS]
         grams: dict[str, Any] = {}
         for w, style in zip(blend, styles):
             feats = encoder.encode(jnp.asarray(style)[None], self.style_names)
             for k in self.style_names:
                 grams[k] = grams.get(k, 0.0) + w * losses.gram(feats[k])
+            for name in stats:  # a weighted mean of quantile functions is the 1D Wasserstein barycentre
+                grams[name] = grams.get(name, 0.0) + w * jnp.asarray(losses.STYLE_STATISTICS[name](np.asarray(style)))
         return grams
+
+    def reporting(self, *names: str) -> PerceptualLoss:
+        """This objective, also reporting the terms `names` (at weight 0 where it has none)."""
+        return dataclasses.replace(self, weights={**dict.fromkeys(names, 0.0), **self.weights})
 
     # -- the objective -----------------------------------------------------------------
     def evaluate(self, image: jax.Array, feats: Features, targets: Targets) -> dict[str, jax.Array]:
         """Unweighted terms (every weighted term, plus content/style/TV always) and the
         weighted `total`. Pure: trace it inside a compiled step."""
         t = losses.TermInputs(image=image, feats=feats, content_targets=targets.content,
-                              style_grams=targets.style, content_layers=self.content_layers,
+                              style_targets=targets.style, content_layers=self.content_layers,
                               style_layers=self.style_layers)
         names = [n for n in losses.TERMS if n in self.weights or n in ALWAYS_REPORTED]
         out = {name: losses.TERMS[name](t) for name in names}

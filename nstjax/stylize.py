@@ -19,8 +19,7 @@ def main(cfg: StylizeConfig, run_dir: Path) -> None:
     report = run_stylize(cfg, run_dir=run_dir)
     f = report["final"]
     print(f"wrote {report['output']} ({report['size'][0]}x{report['size'][1]}, {report['steps']} steps, "
-          f"{report['seconds']:.1f} s): content {f['content']:.4g}, style {f['style']:.4g}, "
-          f"tv {f['tv']:.4g}, total {f['total']:.4g}")
+          f"{report['seconds']:.1f} s): " + ", ".join(f"{k} {v:.4g}" for k, v in f.items()))
 
 
 if __name__ == "__main__":

@@ -109,12 +109,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 def report_table(report: Mapping[str, Any]) -> str:
     """The report as a few aligned lines (one per size and method)."""
     rows = [f"{'size':>5}  {'method':<8} {'style':>10} {'photos':>10} {'lower':>7} {'content':>10} "
-            f"{'edges own/other':>16}"]
+            f"{'palette':>8} {'photos':>8} {'edges own/other':>16}"]
     for side, entry in report["sizes"].items():
         for method in ("network", "gatys"):
             if method in entry:
                 r = entry[method]
                 rows.append(f"{side:>5}  {method:<8} {r['style']:>10.4g} {r['photo_style']:>10.4g} "
                             f"{r['style_loss_reduction']:>6.1f}x {r['content']:>10.4g} "
+                            f"{r['palette']:>8.4g} {r['photo_palette']:>8.4g} "
                             f"{r['edge_corr_own']:>8.2f}/{r['edge_corr_other']:.2f}")
     return "\n".join(rows)

@@ -5,7 +5,8 @@ crops says little about how it looks there. `Judge` scores (photo, output) pairs
 with a `PerceptualLoss`, the style targets taken from the style image(s) resized to
 `style_scale` times the output's long side: the convention of the Gatys optimizer, so a Gatys
 result of the same photo at the same size is judged by the same numbers and shows what the
-loss can reach. `edge_correlation` checks that the layout of the scene is kept.
+loss can reach. Every report includes the `palette` term (the colours' distance to the
+style's) whatever its weight. `edge_correlation` checks that the layout of the scene is kept.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class Judge:
                  encoder_params: Any = None, sharding: Any = None) -> None:
         if not style_scale > 0:
             raise NstjaxError(f"style_scale: must be > 0, got {style_scale}")
-        self.encoder, self.loss = encoder, loss
+        self.encoder, self.loss = encoder, loss.reporting("palette")
         self.styles, self.blend, self.style_scale = list(styles), blend, float(style_scale)
         self.params = encoder.params if encoder_params is None else encoder_params
         self.sharding = sharding
@@ -125,17 +126,24 @@ class Judge:
         terms = self._terms(self.params, grams, self._put(photo), self._put(out))
         return {k: float(v) for k, v in jax.device_get(terms).items()}
 
-    def photo_style(self, photo: np.ndarray) -> float:
-        """The photo's own style loss: the baseline a stylization must beat."""
+    def photo_terms(self, photo: np.ndarray) -> dict[str, float]:
+        """The photo's own loss terms (style, palette): the baselines a stylization must beat."""
         grams = self.grams(max(photo.shape[:2]))
-        return float(self._photo_terms(self.params, grams, self._put(photo))["style"])
+        terms = self._photo_terms(self.params, grams, self._put(photo))
+        return {k: float(v) for k, v in jax.device_get(terms).items()}
+
+    def photo_style(self, photo: np.ndarray) -> float:
+        return self.photo_terms(photo)["style"]
 
     def report(self, photos: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> dict[str, float]:
-        """Mean terms over photos, the photos' own style loss, the reduction and the layout."""
+        """Mean terms over photos, the photos' own style and palette losses, the style loss's
+        reduction and the layout."""
         if not photos or len(photos) != len(outputs):
             raise NstjaxError(f"judge: {len(photos)} photos for {len(outputs)} outputs")
         scores = [self.score(x, y) for x, y in zip(photos, outputs)]
         out = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
-        out["photo_style"] = float(np.mean([self.photo_style(x) for x in photos]))
+        own = [self.photo_terms(x) for x in photos]
+        out["photo_style"] = float(np.mean([o["style"] for o in own]))
+        out["photo_palette"] = float(np.mean([o["palette"] for o in own]))
         out["style_loss_reduction"] = out["photo_style"] / max(out["style"], 1e-30)
         return out | layout_scores(photos, outputs)

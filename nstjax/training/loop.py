@@ -50,7 +50,8 @@ def validation_report(trainer: Any, judge: Any, photos: dict[int, np.ndarray]
 
 def report_line(report: dict[int, dict[str, float]]) -> str:
     return "; ".join(f"at {side} px: style {r['style']:.4g} ({r['style_loss_reduction']:.1f}x below the photos'), "
-                     f"content {r['content']:.4g}, edges {r['edge_corr_own']:.2f} vs {r['edge_corr_other']:.2f}"
+                     f"content {r['content']:.4g}, palette {r['palette']:.4g} (photos' {r['photo_palette']:.4g}), "
+                     f"edges {r['edge_corr_own']:.2f} vs {r['edge_corr_other']:.2f}"
                      for side, r in report.items())
 
 
