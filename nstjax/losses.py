@@ -125,26 +125,30 @@ def palette_loss(rgb01: jax.Array, quantiles: jax.Array) -> jax.Array:
     that rank, and the loss is mean((p - stop_gradient(matched))^2). Its gradient is the sorted
     sliced Wasserstein gradient without a sort (a sort of every pixel is slow on CPU).
     """
-    dirs = jnp.asarray(255.0 * PALETTE_DIRECTIONS)
     b = rgb01.shape[0]
-    p = rgb01.reshape(b, -1, 3).astype(jnp.float32) @ dirs.T  # (B, N, D)
-    n, d = p.shape[1:]
+    p = rgb01.reshape(b, -1, 3).astype(jnp.float32) @ jnp.asarray(255.0 * PALETTE_DIRECTIONS.T)  # (B, N, D)
+    # One image at a time (vmap): a batch sharded over devices stays sharded.
+    matched = jax.vmap(_matched_values, in_axes=(0, None))(jax.lax.stop_gradient(p), quantiles)
+    return jnp.mean(jnp.square(p - matched))
+
+
+def _matched_values(p: jax.Array, quantiles: jax.Array) -> jax.Array:
+    """(N, D) projections of one image -> the style's values at each pixel's rank, per direction."""
+    n, d = p.shape
+    dirs = jnp.asarray(255.0 * PALETTE_DIRECTIONS)
     lo = jnp.sum(jnp.minimum(dirs, 0.0), axis=1)  # each direction's range over the RGB cube
     width = (jnp.sum(jnp.maximum(dirs, 0.0), axis=1) - lo) / PALETTE_BINS
-    pos = jnp.clip((jax.lax.stop_gradient(p) - lo) / width, 0.0, PALETTE_BINS - 1e-3)
+    pos = jnp.clip((p - lo) / width, 0.0, PALETTE_BINS - 1e-3)
     idx = pos.astype(jnp.int32)
-    # One histogram per (image, direction): a scatter-add of ones at flat (b, d, bin) keys.
-    key = (jnp.arange(b)[:, None, None] * d + jnp.arange(d)) * PALETTE_BINS + idx
-    counts = jnp.zeros(b * d * PALETTE_BINS, jnp.float32).at[key.ravel()].add(1.0).reshape(b, d, PALETTE_BINS)
-    below = jnp.cumsum(counts, axis=-1) - counts
-    rank = (below.ravel()[key] + (pos - idx) * counts.ravel()[key]) / n  # in [0, 1]
+    key = jnp.arange(d) * PALETTE_BINS + idx  # one histogram per direction, flat
+    counts = jnp.zeros(d * PALETTE_BINS, jnp.float32).at[key].add(1.0)
+    below = (jnp.cumsum(counts.reshape(d, PALETTE_BINS), axis=-1).ravel() - counts)
+    rank = (below[key] + (pos - idx) * counts[key]) / n  # in [0, 1], linear within a bin
     q = jnp.clip(rank * PALETTE_QUANTILES - 0.5, 0.0, PALETTE_QUANTILES - 1.0)
     j0 = jnp.minimum(q.astype(jnp.int32), PALETTE_QUANTILES - 2)
     w = q - j0
-    qt = quantiles.reshape(-1)  # (Q * D,), row-major: [j, d] at j * D + d
-    col = jnp.arange(d)
-    matched = qt[j0 * d + col] * (1.0 - w) + qt[(j0 + 1) * d + col] * w
-    return jnp.mean(jnp.square(p - jax.lax.stop_gradient(matched)))
+    qt, col = quantiles.reshape(-1), jnp.arange(d)  # row-major (Q, D): [j, d] at j * D + d
+    return qt[j0 * d + col] * (1.0 - w) + qt[(j0 + 1) * d + col] * w
 
 
 def tv_loss(rgb01: jax.Array) -> jax.Array:

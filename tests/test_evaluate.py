@@ -43,8 +43,11 @@ def test_a_short_run_stylizes_at_the_sizes_of_use_and_keeps_the_layout(trained):
         r = s["val_at"][side]
         # Below the photos' own style loss at the size users look at, style targets at that size.
         assert r["style"] < r["photo_style"], (side, r)
-        # The scene survives: the output's edges follow its own photo far more than another one.
-        assert r["edge_corr_own"] > 0.15 and r["edge_corr_own"] > 3 * abs(r["edge_corr_other"]), (side, r)
+        # The recipe's palette term: the outputs' colours far closer to the style's than the photos'.
+        assert r["palette"] < 0.5 * r["photo_palette"], (side, r)
+        # The scene survives: the output's edges follow its own photo far more than another one
+        # (unrelated photos correlate near 0; the palette term repaints regions early in training).
+        assert r["edge_corr_own"] > 0.1 and r["edge_corr_own"] > 5 * abs(r["edge_corr_other"]), (side, r)
     assert "at 256 px: style" in trained["stdout"] and "at 512 px: style" in trained["stdout"]
     # The sample grid holds full-resolution outputs at the first validation size.
     with Image.open(trained["run"] / "samples" / f"step_{STEPS:06d}.jpg") as im:
@@ -61,7 +64,7 @@ def test_evaluate_reproduces_validation_and_gatys_is_the_reference(trained, tmp_
     net, gatys = rep["sizes"]["256"]["network"], rep["sizes"]["256"]["gatys"]
     # The same checkpoint, photos, loss and style scale as the trainer's validation: the same numbers.
     val = trained["summary"]["val_at"]["256"]
-    for key in ("style", "content", "photo_style"):
+    for key in ("style", "content", "photo_style", "palette", "photo_palette"):
         assert net[key] == pytest.approx(val[key], rel=1e-3), key
     # Gatys optimizes each photo's own loss directly: it reaches below the network.
     assert gatys["total"] < net["total"] and gatys["style"] < gatys["photo_style"]
@@ -118,7 +121,8 @@ def test_evaluate_at_the_networks_own_scale(trained, tmp_path, assets, photos):
     up, native = rep["sizes"]["512"]["network"], val["512"]
     assert up["photo_style"] == pytest.approx(native["photo_style"], rel=1e-3)
     assert up["style"] != pytest.approx(native["style"], rel=1e-2)
-    # Resizing softens edges, yet they follow their own photo more than another one.
-    assert up["edge_corr_own"] > 0.08 and up["edge_corr_own"] > up["edge_corr_other"], up
+    # Resizing softens edges, yet keeps most of their match to their own photo, far above another's.
+    assert up["edge_corr_own"] > 0.5 * val["256"]["edge_corr_own"], (up, val["256"])
+    assert up["edge_corr_own"] > 3 * abs(up["edge_corr_other"]), up
     with Image.open(sorted(images.glob("*_512.jpg"))[0]) as im:
         assert im.size == (2 * 512, 512)  # photo | network, at the size of use
