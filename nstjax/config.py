@@ -465,6 +465,17 @@ SCHEMAS: dict[str, type] = {"stylize": StylizeConfig, "train": TrainConfig, "exp
 # --------------------------------------------------------------------------- loading
 
 
+# Brackets of list overrides become parentheses: Orbax cannot checkpoint under a glob character
+# (training/checkpoint.py), and a '/' in a value would nest folders (or escape the sweep dir).
+_FOLDER_SAFE = str.maketrans({"[": "(", "]": ")", "*": "_", "?": "_", "/": "_", "\\": "_"})
+
+
+def folder_name(overrides: str) -> str:
+    """Hydra's override string (e.g. ``loss.style_layer_weights=[1000,10,10,1],model.width=0.25``)
+    -> the same text, safe as one folder name for checkpoints."""
+    return str(overrides).translate(_FOLDER_SAFE)
+
+
 def register() -> None:
     """Put the schemas in Hydra's ConfigStore (idempotent); the YAML files name them."""
     from hydra.core.config_store import ConfigStore
@@ -473,6 +484,8 @@ def register() -> None:
     OmegaConf.register_new_resolver(
         "nstjax.assets", lambda sub: str(Path(os.environ["NSTJAX_ASSETS"]).expanduser() / sub)
         if os.environ.get("NSTJAX_ASSETS") else None, replace=True)
+    # ${nstjax.folder:${hydra.job.override_dirname}}: a sweep job's overrides as one folder name
+    OmegaConf.register_new_resolver("nstjax.folder", folder_name, replace=True)
     cs = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
         cs.store(name=f"{name}_schema", node=schema)

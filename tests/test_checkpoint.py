@@ -263,6 +263,20 @@ def test_directory_that_is_a_file(tmp_path: Path) -> None:
         load_params_for_inference(f)
 
 
+def test_directory_with_a_glob_character_is_refused(tmp_path: Path) -> None:
+    # Orbax would commit steps there that it cannot read back (checkpoint.GLOB_CHARACTERS).
+    for name in ("w=[1,2]", "a*b", "what?"):
+        with pytest.raises(NstjaxError) as exc:
+            Checkpointer(tmp_path / name / "checkpoints", save_every=1)
+        assert_one_line_error(exc, tmp_path / name)
+    with Checkpointer(tmp_path / "w=(1,2),x=3" / "checkpoints", save_every=1) as ckpt:  # what sweeps now write
+        ckpt.save(1, make_state(), data_state={}, config=CONFIG, metrics={})
+    abstract_params = nnx.state(nnx.eval_shape(lambda: TinyNet(4, rngs=nnx.Rngs(0))), nnx.Param)
+    params, _, step = load_params_for_inference(tmp_path / "w=(1,2),x=3" / "checkpoints", template=abstract_params)
+    assert step == 1
+    leaves_equal(params, make_state()["params"])
+
+
 def test_half_written_tmp_checkpoint_is_ignored(tmp_path: Path) -> None:
     state = {"w": jnp.arange(4.0)}
     with Checkpointer(tmp_path, save_every=1) as ckpt:

@@ -112,6 +112,29 @@ def test_bad_training_input(tmp_path, assets):
     _one_line_error(run_train([*TINY, "model.width=wide"], tmp_path, assets), "model.width")
 
 
+def test_a_sweep_with_list_overrides_writes_checkpoints_that_load(tmp_path, assets):
+    # A sweep job's folder is named after its overrides; a list override once put brackets in
+    # it, under which Orbax committed checkpoints that could not be read back.
+    r = run_train(["-m", *TINY, "train.steps=2", "run_name=s", "loss.style_layer_weights=[1000,10,10,1]",
+                   "loss.style_weight=0.1,0.2"], tmp_path, assets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = sorted((tmp_path / "multirun" / "s").glob("*/checkpoints"))
+    assert len(jobs) == 2, jobs
+    assert all("style_layer_weights=(1000,10,10,1)" in str(j) and "[" not in str(j) for j in jobs), jobs
+    import numpy as np
+    from nstjax import load_stylizer
+    from nstjax.image import load_resized
+    photo = load_resized(str(assets / "data/content/chicago.jpg"), 64)
+    for job in jobs:
+        out = np.asarray(load_stylizer(job)(photo))
+        assert out.shape == photo.shape and np.isfinite(out).all()
+        assert np.abs(out - photo).mean() > 0.01  # the network's output, not the photo
+    # A checkpoint path Orbax cannot write under is one line, before any training.
+    bad = tmp_path / "w[1]"
+    _one_line_error(run_train([*TINY, f"train.ckpt_dir='{bad}'"], tmp_path, assets), str(bad))
+    assert not bad.exists()
+
+
 def test_sigterm_checkpoints_exits_143_and_the_same_command_resumes(tmp_path, assets):
     """Preemption on the real trainer: checkpoint, one clear line, 128+SIGTERM, no summary."""
     import signal

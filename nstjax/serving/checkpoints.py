@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 
 from nstjax import trees
 from nstjax.errors import NstjaxError
-from nstjax.training.checkpoint import META_ITEM, STATE_ITEM, check_directory, mismatches, reason, restore_target
+from nstjax.training.checkpoint import GLOB_CHARACTERS, META_ITEM, STATE_ITEM, check_directory, mismatches, reason, restore_target
 
 
 BEST_METRIC = "val_loss"  # what the trainer ranks checkpoints by (lower is better)
@@ -71,6 +71,9 @@ def load_params_for_inference(
     """
     path = Path(directory).expanduser().absolute()
     hint = "check the checkpoint path"
+    if any(c in GLOB_CHARACTERS for c in str(path)):  # written before sweeps named folders with ( )
+        hint = ("a checkpoint saved under a path with [ ] * ? was never finished by Orbax; "
+                "train it again under a path without them")
     check_directory(path, hint)
     if not path.is_dir():
         raise NstjaxError(f"checkpoint directory {path} does not exist; {hint}")

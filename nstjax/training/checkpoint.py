@@ -149,9 +149,23 @@ def restore_target(template: Any) -> Any:
     return jax.tree.map(one, template)
 
 
+# Orbax finds a step's per-process OCDBT files with a glob over the whole path, so under a
+# directory whose name holds a glob character it skips the final merge without an error and
+# the step it commits cannot be read back.
+GLOB_CHARACTERS = "[]*?"
+
+
 def check_directory(path: Path, hint: str) -> None:
     if path.exists() and not path.is_dir():
         raise NstjaxError(f"checkpoint directory {path} is a file, not a directory; {hint}")
+
+
+def check_writable_name(path: Path) -> None:
+    bad = sorted({c for c in str(path) if c in GLOB_CHARACTERS})
+    if bad:
+        raise NstjaxError(
+            f"checkpoint directory {path} has {' '.join(repr(c) for c in bad)} in its path, under which "
+            "Orbax writes checkpoints it cannot read back; set train.ckpt_dir to a path without [ ] * ?")
 
 
 class _DropAsyncNoise(logging.Filter):
@@ -225,6 +239,7 @@ class Checkpointer:
         self._pending: int | None = None  # the step of the asynchronous save in flight
         _quiet_async_failure_noise()
         check_directory(self.directory, RESUME_HINT)
+        check_writable_name(self.directory)
 
         worst = math.inf if best_mode == "min" else -math.inf
 

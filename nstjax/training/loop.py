@@ -77,7 +77,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     from nstjax.evaluation.judge import Judge
     from nstjax.tracking import Tracker
     from nstjax.training import distributed
-    from nstjax.training.checkpoint import Checkpointer
+    from nstjax.training.checkpoint import Checkpointer, check_writable_name
     from nstjax.training.data import load_val_images, make_dataset
     from nstjax.training.prefetch import prefetch_to_device
     from nstjax.training.resume import check_resume
@@ -87,6 +87,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     t = cfg.train
+    check_writable_name(Path(t.ckpt_dir))
     check_writable(t.ckpt_dir, "train.ckpt_dir", directory=True)  # before any data or compiling
     check_writable(run_dir, "run directory", directory=True)
     distributed.initialize(cfg.distributed)  # before JAX touches a device
