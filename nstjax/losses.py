@@ -151,6 +151,28 @@ def _matched_values(p: jax.Array, quantiles: jax.Array) -> jax.Array:
     return qt[j0 * d + col] * (1.0 - w) + qt[(j0 + 1) * d + col] * w
 
 
+# The patch palette: the same distance after averaging PATCH_PX x PATCH_PX blocks of the image
+# and of the style, so one-pixel colour fringes along edges average out and only colours held
+# over patches (the style's panes) count.
+PATCH_PX = 4
+
+
+def patch_palette_quantiles(rgb01: np.ndarray) -> np.ndarray:
+    """(H, W, 3) style image -> the palette quantiles of its PATCH_PX-averaged blocks."""
+    x = np.asarray(rgb01, np.float32)
+    h, w = x.shape[0] // PATCH_PX * PATCH_PX, x.shape[1] // PATCH_PX * PATCH_PX
+    x = x[:h, :w].reshape(h // PATCH_PX, PATCH_PX, w // PATCH_PX, PATCH_PX, 3).mean(axis=(1, 3))
+    return palette_quantiles(x)
+
+
+def patch_palette_loss(rgb01: jax.Array, quantiles: jax.Array) -> jax.Array:
+    """palette_loss of the (B, H, W, 3) images' PATCH_PX-averaged blocks."""
+    b, h, w, _ = rgb01.shape
+    h, w = h // PATCH_PX * PATCH_PX, w // PATCH_PX * PATCH_PX
+    x = rgb01[:, :h, :w].reshape(b, h // PATCH_PX, PATCH_PX, w // PATCH_PX, PATCH_PX, 3).mean(axis=(2, 4))
+    return palette_loss(x, quantiles)
+
+
 def tv_loss(rgb01: jax.Array) -> jax.Array:
     """Squared total variation of the image on the 0..255 scale: mean(dy^2) + mean(dx^2)."""
     y = rgb01 * 255.0
@@ -184,3 +206,8 @@ def tv_term(t: TermInputs) -> jax.Array:
 @term("palette", style_statistic=palette_quantiles)
 def palette_term(t: TermInputs) -> jax.Array:
     return palette_loss(t.image, t.style_targets["palette"])
+
+
+@term("patch_palette", style_statistic=patch_palette_quantiles)
+def patch_palette_term(t: TermInputs) -> jax.Array:
+    return patch_palette_loss(t.image, t.style_targets["patch_palette"])

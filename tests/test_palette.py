@@ -75,3 +75,27 @@ def test_gatys_with_the_palette_takes_the_styles_colours(assets, photo, style):
     assert with_palette < 0.2 * without
     # ... at little cost to the rest of the objective.
     assert runs[1e5].final["content"] < 1.2 * runs[0.0].final["content"]
+
+
+def test_patch_palette_ignores_one_pixel_fringes_and_sees_patches(photo, style):
+    grey = np.full((64, 64, 3), 0.5, np.float32)
+    q_grey = jnp.asarray(losses.patch_palette_quantiles(grey))
+    # Red and cyan one-pixel stripes average to grey over a patch: far by pixels, on target by patches.
+    stripes = np.zeros((1, 64, 64, 3), np.float32)
+    stripes[:, :, ::2], stripes[:, :, 1::2] = (1.0, 0.0, 0.0), (0.0, 1.0, 1.0)
+    assert float(losses.palette_loss(jnp.asarray(stripes), jnp.asarray(losses.palette_quantiles(grey)))) > 1000
+    assert float(losses.patch_palette_loss(jnp.asarray(stripes), q_grey)) < 1e-3
+    # Red and cyan in 16 px squares are colour held over patches: far by both.
+    squares = np.zeros((1, 64, 64, 3), np.float32)
+    cell = (np.arange(64)[:, None] // 16 + np.arange(64)[None] // 16) % 2 == 0
+    squares[0][cell], squares[0][~cell] = (1.0, 0.0, 0.0), (0.0, 1.0, 1.0)
+    assert float(losses.patch_palette_loss(jnp.asarray(squares), q_grey)) > 1000
+    # On real images it is the palette of the blocks' averages, and the style is on its own target.
+    q = jnp.asarray(losses.patch_palette_quantiles(style))
+    x = jnp.asarray(photo)[None]
+    h, w = photo.shape[0] // losses.PATCH_PX * losses.PATCH_PX, photo.shape[1] // losses.PATCH_PX * losses.PATCH_PX
+    k = losses.PATCH_PX
+    blocks = photo[:h, :w].reshape(h // k, k, w // k, k, 3).mean(axis=(1, 3))
+    assert float(losses.patch_palette_loss(x, q)) == pytest.approx(float(sorted_swd(jnp.asarray(blocks), q)), rel=0.02)
+    s = jnp.asarray(style)[None]
+    assert float(losses.patch_palette_loss(s, q)) < 1e-3 * float(losses.patch_palette_loss(x, q))
