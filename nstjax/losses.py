@@ -157,20 +157,21 @@ def _matched_values(p: jax.Array, quantiles: jax.Array) -> jax.Array:
 PATCH_PX = 4
 
 
+def _block_means(x):
+    """(..., H, W, 3) numpy or JAX array -> the means of its PATCH_PX x PATCH_PX blocks (edges cropped)."""
+    h, w = x.shape[-3] // PATCH_PX, x.shape[-2] // PATCH_PX
+    x = x[..., : h * PATCH_PX, : w * PATCH_PX, :]
+    return x.reshape(*x.shape[:-3], h, PATCH_PX, w, PATCH_PX, 3).mean(axis=(-4, -2))
+
+
 def patch_palette_quantiles(rgb01: np.ndarray) -> np.ndarray:
     """(H, W, 3) style image -> the palette quantiles of its PATCH_PX-averaged blocks."""
-    x = np.asarray(rgb01, np.float32)
-    h, w = x.shape[0] // PATCH_PX * PATCH_PX, x.shape[1] // PATCH_PX * PATCH_PX
-    x = x[:h, :w].reshape(h // PATCH_PX, PATCH_PX, w // PATCH_PX, PATCH_PX, 3).mean(axis=(1, 3))
-    return palette_quantiles(x)
+    return palette_quantiles(_block_means(np.asarray(rgb01, np.float32)))
 
 
 def patch_palette_loss(rgb01: jax.Array, quantiles: jax.Array) -> jax.Array:
     """palette_loss of the (B, H, W, 3) images' PATCH_PX-averaged blocks."""
-    b, h, w, _ = rgb01.shape
-    h, w = h // PATCH_PX * PATCH_PX, w // PATCH_PX * PATCH_PX
-    x = rgb01[:, :h, :w].reshape(b, h // PATCH_PX, PATCH_PX, w // PATCH_PX, PATCH_PX, 3).mean(axis=(2, 4))
-    return palette_loss(x, quantiles)
+    return palette_loss(_block_means(rgb01), quantiles)
 
 
 def tv_loss(rgb01: jax.Array) -> jax.Array:
