@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 
 from nstjax import trees
 from nstjax.errors import NstjaxError
-from nstjax.training.checkpoint import GLOB_CHARACTERS, META_ITEM, STATE_ITEM, check_directory, mismatches, reason, restore_target
+from nstjax.training.checkpoint import GLOB_CHARACTERS, META_ITEM, STATE_ITEM, _quiet_async_failure_noise, check_directory, mismatches, reason, restore_target
 
 
 BEST_METRIC = "val_loss"  # what the trainer ranks checkpoints by (lower is better)
@@ -70,10 +70,12 @@ def load_params_for_inference(
     Returns ``(params, config, step)``.
     """
     path = Path(directory).expanduser().absolute()
+    _quiet_async_failure_noise()  # a failed read's tensorstore callbacks: one line, not tracebacks
     hint = "check the checkpoint path"
+    unreadable_hint = hint
     if any(c in GLOB_CHARACTERS for c in str(path)):  # written before sweeps named folders with ( )
-        hint = ("a checkpoint saved under a path with [ ] * ? was never finished by Orbax; "
-                "train it again under a path without them")
+        unreadable_hint = ("a checkpoint saved under a path with [ ] * ? was never finished by Orbax; "
+                           "train it again under a path without them")
     check_directory(path, hint)
     if not path.is_dir():
         raise NstjaxError(f"checkpoint directory {path} does not exist; {hint}")
@@ -104,7 +106,7 @@ def load_params_for_inference(
             stored = metadata[STATE_ITEM] if STATE_ITEM in metadata else None
             tree = getattr(stored, "tree", None)
         except Exception as e:
-            raise NstjaxError(f"checkpoint {step_dir} is unreadable: {reason(e)}; {hint}") from e
+            raise NstjaxError(f"checkpoint {step_dir} is unreadable: {reason(e)}; {unreadable_hint}") from e
         if tree is None:
             raise NstjaxError(
                 f"checkpoint {step_dir} is incomplete or not an nstjax checkpoint "
@@ -141,7 +143,7 @@ def load_params_for_inference(
             params = restored[STATE_ITEM][params_key]
             config = dict(restored[META_ITEM]["config"])
         except Exception as e:
-            raise NstjaxError(f"checkpoint {step_dir} is unreadable: {reason(e)}; {hint}") from e
+            raise NstjaxError(f"checkpoint {step_dir} is unreadable: {reason(e)}; {unreadable_hint}") from e
         return (_unwrap_variables(params) if template is None else params), config, int(step)
     finally:
         mngr.close()
