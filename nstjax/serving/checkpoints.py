@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 
 from nstjax import trees
 from nstjax.errors import NstjaxError
-from nstjax.training.checkpoint import GLOB_CHARACTERS, META_ITEM, STATE_ITEM, _quiet_async_failure_noise, check_directory, mismatches, reason, restore_target
+from nstjax.training.checkpoint import GLOB_CHARACTERS, META_ITEM, STATE_ITEM, quiet_async_failure_noise, check_directory, mismatches, reason, restore_target
 
 
 BEST_METRIC = "val_loss"  # what the trainer ranks checkpoints by (lower is better)
@@ -70,7 +70,7 @@ def load_params_for_inference(
     Returns ``(params, config, step)``.
     """
     path = Path(directory).expanduser().absolute()
-    _quiet_async_failure_noise()  # a failed read's tensorstore callbacks: one line, not tracebacks
+    quiet_async_failure_noise()  # a failed read's tensorstore callbacks: one line, not tracebacks
     hint = "check the checkpoint path"
     unreadable_hint = hint
     if any(c in GLOB_CHARACTERS for c in str(path)):  # written before sweeps named folders with ( )

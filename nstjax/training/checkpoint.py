@@ -182,7 +182,7 @@ class _DropAsyncNoise(logging.Filter):
 _QUIETED = False
 
 
-def _quiet_async_failure_noise() -> None:
+def quiet_async_failure_noise() -> None:
     global _QUIETED
     if _QUIETED:
         return
@@ -237,7 +237,7 @@ class Checkpointer:
         self._warned_no_metric = False
         self._closed = False
         self._pending: int | None = None  # the step of the asynchronous save in flight
-        _quiet_async_failure_noise()
+        quiet_async_failure_noise()
         check_directory(self.directory, RESUME_HINT)
         check_writable_name(self.directory)
 
