@@ -21,6 +21,7 @@ Results: a markdown table and benchmarks/results/infer_<machine>.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -71,24 +72,45 @@ def _torch_net(args: argparse.Namespace):
 def torch_child(args: argparse.Namespace) -> None:
     import torch
 
-    net = _torch_net(args)
+    dev = torch.device(args.torch_device)
+    if dev.type == "cuda":  # as nstjax's XLA: cuDNN autotuned, TF32 for float32 convolutions
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    net = _torch_net(args).to(dev)
     results = {}
     for spec in args.cases:
-        size, batch = spec.split(":")
+        size, batch, dtype = spec.split(":")
+        tdt = getattr(torch, dtype)
         x = np.load(Path(args.inputs) / f"{size}.npy")  # (H, W, 3) in [0, 1]
-        xb = torch.from_numpy(np.repeat(x[None], int(batch), 0)).permute(0, 3, 1, 2).contiguous() * 255.0
+        host = np.ascontiguousarray(np.repeat(x[None], int(batch), 0).transpose(0, 3, 1, 2))
         best = None
         for fmt in ("contiguous", "channels_last"):
-            model = net.to(memory_format=torch.channels_last if fmt == "channels_last" else torch.contiguous_format)
-            inp = xb.to(memory_format=torch.channels_last) if fmt == "channels_last" else xb
+            mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+            model = copy.deepcopy(net).to(dtype=tdt, memory_format=mf)  # net itself stays float32
+
+            def host_to_host():  # numpy in, numpy out, as nstjax's Stylizer is called
+                t = torch.from_numpy(host).to(dev).to(dtype=tdt, memory_format=mf) * 255.0
+                return (model(t).float() / 255.0).cpu().numpy()
+
+            xd = (torch.from_numpy(host).to(dev) * 255.0).to(dtype=tdt, memory_format=mf)
+
+            def on_device():
+                y = model(xd)
+                sync()
+                return y
+
             with torch.no_grad():
-                seconds, y = median_call(lambda: model(inp), args.repeats)
+                seconds, y = median_call(host_to_host, args.repeats)
+                dev_seconds = median_call(on_device, args.repeats)[0] if dev.type == "cuda" else seconds
             ms = 1e3 * seconds / int(batch)
             if best is None or ms < best[0]:
-                best = (ms, fmt, (y[0].permute(1, 2, 0).numpy() / 255.0).astype(np.float32))
-        np.save(Path(args.inputs) / f"torch_{size}_{batch}.npy", best[2])
-        results[spec] = {"ms_per_image": best[0], "memory_format": best[1]}
-    json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "cases": results},
+                best = (ms, fmt, y[0].transpose(1, 2, 0).astype(np.float32), 1e3 * dev_seconds / int(batch))
+        np.save(Path(args.inputs) / f"torch_{size}_{batch}_{dtype}.npy", best[2])
+        results[spec] = {"ms_per_image": best[0], "ms_per_image_on_device": best[3], "memory_format": best[1]}
+    json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(dev),
+               "device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "cases": results},
               open(args.out, "w"), indent=1)
 
 
@@ -105,18 +127,27 @@ def nstjax_child(args: argparse.Namespace) -> None:
 
     import nstjax
 
-    stylize = nstjax.load_stylizer(args.weights)
+    stylizers = {}
     results = {}
     for spec in args.cases:
-        size, batch = spec.split(":")
+        size, batch, dtype = spec.split(":")
+        if dtype not in stylizers:
+            stylizers[dtype] = nstjax.load_stylizer(args.weights, dtype=dtype)
+        stylize = stylizers[dtype]
         x = np.load(Path(args.inputs) / f"{size}.npy")
         xb = np.repeat(x[None], int(batch), 0)
         stylize.compile(xb.shape)
         seconds, y = median_call(lambda: stylize(xb), args.repeats)
-        want = np.load(Path(args.inputs) / f"torch_{size}_{batch}.npy")
-        results[spec] = {"ms_per_image": 1e3 * seconds / int(batch),
+        on_device = seconds
+        if jax.default_backend() != "cpu":
+            xd = jax.device_put(xb)
+            on_device = median_call(lambda: stylize.on_device(xd).block_until_ready(), args.repeats)[0]
+        inputs = Path(args.inputs)
+        results[spec] = {"ms_per_image": 1e3 * seconds / int(batch), "ms_per_image_on_device": 1e3 * on_device / int(batch),
                          "compile_s": float(list(stylize.compile_seconds.values())[-1]),
-                         "max_abs_diff_vs_torch": float(np.abs(y[0] - want).max())}
+                         "max_abs_diff_vs_torch": float(np.abs(y[0] - np.load(inputs / f"torch_{size}_{batch}_{dtype}.npy")).max()),
+                         "max_abs_diff_vs_torch_float32": float(np.abs(y[0] - np.load(inputs / f"torch_{size}_{batch}_float32.npy")).max())
+                         if (inputs / f"torch_{size}_{batch}_float32.npy").exists() else None}
     json.dump({"jax": jax.__version__, "device": jax.devices()[0].device_kind, "cases": results},
               open(args.out, "w"), indent=1)
 
@@ -127,17 +158,21 @@ def _torch_video_network(args: argparse.Namespace):
     import torch
     import torch.nn.functional as F
 
-    net = _torch_net(args)
+    dev = torch.device(args.torch_device)
+    tdt = getattr(torch, args.video_dtype)
+    net = _torch_net(args).to(device=dev, dtype=tdt)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
     def run(x: np.ndarray) -> np.ndarray:
         b, h, w, _ = x.shape
         ph, pw = (-h) % 4, (-w) % 4
-        t = torch.from_numpy(x).permute(0, 3, 1, 2) * 255.0
+        t = torch.from_numpy(x).to(dev).permute(0, 3, 1, 2) * 255.0
         if ph or pw:
             t = F.pad(t, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="reflect")
         with torch.no_grad():
-            y = net(t.contiguous())[:, :, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
-        return (y / 255.0).permute(0, 2, 3, 1).numpy()
+            y = net(t.to(tdt).contiguous())[:, :, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+        return (y.float() / 255.0).permute(0, 2, 3, 1).cpu().numpy()
 
     return run
 
@@ -146,7 +181,7 @@ def _nstjax_video_network(args: argparse.Namespace):
     _configure_nstjax_runtime()
     import nstjax
 
-    return nstjax.load_stylizer(args.weights)
+    return nstjax.load_stylizer(args.weights, dtype=args.video_dtype)
 
 
 def video_child(args: argparse.Namespace) -> None:
@@ -203,11 +238,11 @@ def make_clip(clip: Path, photos: list[Path], frames: int) -> None:
         out.mux(a.encode())
 
 
-def nstjax_cli_video(weights: Path, tmp: Path, frames: int) -> dict:
+def nstjax_cli_video(weights: Path, tmp: Path, frames: int, dtype: str) -> dict:
     """nstjax's CLI end to end on the clip: process start-up, compile, decode + network + encode."""
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "nstjax.infer", f"model_path={weights}", f"input={tmp / 'clip480.mp4'}",
-                        f"output={tmp / 'out480.mp4'}", f"batch={VIDEO_BATCH}", "overwrite=true"],
+                        f"output={tmp / 'out480.mp4'}", f"batch={VIDEO_BATCH}", "overwrite=true", f"dtype={dtype}"],
                        capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode:
@@ -233,6 +268,10 @@ def main() -> None:
     p.add_argument("--child", choices=["torch", "nstjax", "torch-video", "nstjax-video"])
     p.add_argument("--sizes", nargs="+", default=["256x256", "512x512", "1920x1080"])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4])
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "bfloat16", "float16"),
+                   help="compute dtypes, both sides (torch: the model and input cast; nstjax: load_stylizer(dtype=))")
+    p.add_argument("--torch-device", default="cpu", choices=("cpu", "cuda"),
+                   help="cuda on a GPU machine (nstjax runs on JAX's default backend)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per case in each process (median)")
     p.add_argument("--rounds", type=int, default=3, help="torch and nstjax processes alternated this many times")
     p.add_argument("--video-frames", type=int, default=96, help="frames of the 480p clip (0: no video)")
@@ -241,6 +280,7 @@ def main() -> None:
     for hidden in ("--inputs", "--weights"):  # parent -> child
         p.add_argument(hidden, help=argparse.SUPPRESS)
     p.add_argument("--cases", nargs="*", help=argparse.SUPPRESS)
+    p.add_argument("--video-dtype", default="float32", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         {"torch": torch_child, "nstjax": nstjax_child}.get(args.child, video_child)(args)
@@ -262,9 +302,11 @@ def main() -> None:
             w, h = map(int, size.split("x"))
             x = np.asarray(Image.open(photos[4]).convert("RGB").resize((w, h), Image.Resampling.BICUBIC), np.float32)
             np.save(tmp / f"{size}.npy", x / 255.0)
-        cases = [f"{s}:{b}" for s in args.sizes for b in args.batches]
+        dtypes = sorted(args.dtypes, key=lambda d: d != "float32")  # float32 first: the reference
+        cases = [f"{s}:{b}:{d}" for d in dtypes for s in args.sizes for b in args.batches]
         weights = tmp / "transformer_net.pth"
-        common = ["--inputs", str(tmp), "--weights", str(weights), "--cases", *cases, "--repeats", str(args.repeats)]
+        common = ["--inputs", str(tmp), "--weights", str(weights), "--cases", *cases, "--repeats", str(args.repeats),
+                  "--torch-device", args.torch_device, "--video-dtype", dtypes[-1]]
         torch_rounds, nstjax_rounds = [], []
         for i in range(args.rounds):
             torch_rounds.append(_run_child(args.torch_python, "torch", common, tmp / f"t{i}.json", env))
@@ -276,23 +318,32 @@ def main() -> None:
             for i in range(args.rounds):
                 video["torch"].append(_run_child(args.torch_python, "torch-video", common, tmp / f"tv{i}.json", env))
                 video["nstjax"].append(_run_child(sys.executable, "nstjax-video", common, tmp / f"jv{i}.json", env))
-            video["nstjax_cli"].append(nstjax_cli_video(weights, tmp, args.video_frames))
+            video["nstjax_cli"].append(nstjax_cli_video(weights, tmp, args.video_frames, dtypes[-1]))
 
     def case_rounds(rounds: list[dict], c: str) -> list[dict]:
         return [r["cases"][c] for r in rounds]
 
-    print("| size | batch | nstjax ms/image | PyTorch ms/image | nstjax / PyTorch (rounds) | max abs diff |")
-    print("|---|---|---|---|---|---|")
+    gpu = args.torch_device == "cuda"
+    print("| size | batch | dtype | nstjax ms/image (images/s) | PyTorch ms/image (images/s) | nstjax / PyTorch (rounds) |"
+          + (" on device: nstjax / PyTorch ms (images/s) |" if gpu else "") + " max abs diff vs torch, same dtype / float32 |")
+    print("|---|---|---|---|---|---|" + ("---|" if gpu else "") + "---|")
     summary = {}
     for c in cases:
         a, b = case_rounds(nstjax_rounds, c), case_rounds(torch_rounds, c)
         ja, tb = _median_round(a, "ms_per_image"), _median_round(b, "ms_per_image")
+        jd, td = _median_round(a, "ms_per_image_on_device"), _median_round(b, "ms_per_image_on_device")
         ratios = [x["ms_per_image"] / y["ms_per_image"] for x, y in zip(a, b)]
         fmts = sorted({y["memory_format"] for y in b})
-        size, batch = c.split(":")
-        summary[c] = {"nstjax_ms": ja, "torch_ms": tb, "ratio": ja / tb, "round_ratios": ratios}
-        print(f"| {size} | {batch} | {ja:.1f} | {tb:.1f} ({', '.join(fmts)}) | {ja / tb:.2f}x "
-              f"({min(ratios):.2f}-{max(ratios):.2f}) | {max(x['max_abs_diff_vs_torch'] for x in a):.1e} |")
+        size, batch, dtype = c.split(":")
+        diff = max(x["max_abs_diff_vs_torch"] for x in a)
+        diff32 = max((x["max_abs_diff_vs_torch_float32"] or 0.0) for x in a)
+        summary[c] = {"nstjax_ms": ja, "torch_ms": tb, "ratio": ja / tb, "round_ratios": ratios,
+                      "nstjax_ms_on_device": jd, "torch_ms_on_device": td,
+                      "max_abs_diff_vs_torch": diff, "max_abs_diff_vs_torch_float32": diff32}
+        print(f"| {size} | {batch} | {dtype} | {ja:.2f} ({1e3 / ja:.0f}) | {tb:.2f} ({1e3 / tb:.0f}; {', '.join(fmts)}) | "
+              f"{ja / tb:.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |"
+              + (f" {jd:.2f} ({1e3 / jd:.0f}) / {td:.2f} ({1e3 / td:.0f}) |" if gpu else "")
+              + f" {diff:.1e} / {diff32:.1e} |")
     if video:
         for side in ("nstjax", "torch"):
             v = video[side]
@@ -300,7 +351,7 @@ def main() -> None:
             proc = statistics.median(r["frames"] / r["process_wall_s"] for r in v)
             net = _median_round(v, "network_ms_per_frame")
             summary[f"video_{side}"] = {"pipeline_fps": fps, "process_fps": proc, "network_ms_per_frame": net}
-            print(f"\nvideo 480p ({v[0]['size']}, {v[0]['frames']} frames, batch {VIDEO_BATCH}), {side}: "
+            print(f"\nvideo 480p ({v[0]['size']}, {v[0]['frames']} frames, batch {VIDEO_BATCH}, {dtypes[-1]}), {side}: "
                   f"{fps:.2f} frames/s through decode + network + encode ({net:.0f} ms/frame in the network), "
                   f"{proc:.2f} frames/s for the whole process")
         cli = video["nstjax_cli"][0]

@@ -347,6 +347,7 @@ class ExportConfig:
 
 
 INFER_COLOR_MODES = ("none", "luminance")
+INFER_DTYPES = ("auto", "model", "float32", "bfloat16", "float16")  # compute dtypes (serving.loading.compute_dtype)
 
 
 @dataclass
@@ -361,6 +362,7 @@ class InferConfig:
     color: str = MISSING
     fps: Optional[float] = None
     stablehlo: bool = MISSING
+    dtype: str = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU) | model | float32 | bfloat16 | float16
     alpha: float = MISSING  # style strength: 1 the network's output, 0 the photo
     tile: Any = None  # overlapping tiles of this many px, or "auto" (from memory_budget); None: whole images
     memory_budget: Optional[float] = None  # MB for tile=auto; None: $NSTJAX_MEMORY_BUDGET, else half the free memory
@@ -384,6 +386,7 @@ class InferConfig:
         if self.batch < 1:
             raise NstjaxError(f"batch: expected a positive integer, got {self.batch!r}")
         _one_of(self.color, "color", INFER_COLOR_MODES)
+        _one_of(self.dtype, "dtype", INFER_DTYPES)
         if self.tile is not None and self.tile != "auto":
             try:
                 self.tile = int(self.tile)

@@ -33,7 +33,8 @@ def main(cfg: InferConfig, run_dir: Path) -> None:
     shapes = ", ".join("x".join(str(d) for d in s[1:3]) for s in r["shapes"])
     print(f"wrote {what}: {r['images']} image(s) at {shapes}, {r['ms_per_image']:.1f} ms/image after "
           f"{r['compile_seconds']:.2f} s compile ({r['compiles']} shape(s), batch {r['batch']}, "
-          f"{r['backend']}, {r['device']})" + (f"; skipped {r['skipped']} unreadable input(s)" if r["skipped"] else "")
+          f"{r['backend']} {r['model'].get('dtype', 'float32')}, {r['device']})"
+          + (f"; skipped {r['skipped']} unreadable input(s)" if r["skipped"] else "")
           + (f"; {r['existing']} existing output(s) kept (overwrite=true redoes them)" if r["existing"] else "")
           + "".join(_tile_note(size, t) for size, t in (r.get("tiles") or {}).items()))
     longest = max((max(s[1:3]) for s in r["shapes"]), default=0)

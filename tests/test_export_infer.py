@@ -499,3 +499,30 @@ def test_float16_params_halve_the_artifact_and_keep_the_outputs(setup, tmp_path)
     assert meta["num_params"] > 0
     with pytest.raises(NstjaxError, match="params_dtype=float16 applies to .npz"):
         export_model(setup["ckpt"], tmp_path / "m.onnx", kind="onnx", params_dtype="float16")
+
+
+def test_compute_dtype_runs_the_network_in_bfloat16_close_to_float32(setup, tmp_path):
+    from nstjax.serving.loading import load_stylizer
+
+    ref = np.clip(setup["ref"], 0, 1)
+    hlo = setup["dir"] / "tiny.hlo.npz"
+    if not hlo.exists():
+        export_model(setup["artifact"], hlo, kind="stablehlo")
+    for path in (setup["ckpt"], setup["artifact"], hlo):
+        half = load_stylizer(path, dtype="bfloat16")
+        assert half.model["dtype"] == "bfloat16" and half.backend == "params"  # stablehlo: rebuilt
+        got = np.clip(half(setup["content"]), 0, 1)
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        d = np.abs(got - ref)  # bfloat16's 8-bit mantissa, amplified by this random net's contrast
+        assert 0 < d.mean() < 3 / 255 and np.quantile(d, 0.99) < 12 / 255, (path, d.mean(), np.quantile(d, 0.99))
+    # auto on CPU: as trained, bit for bit, and a stablehlo artifact still runs its own function
+    auto = load_stylizer(hlo, dtype="auto")
+    assert auto.backend == "stablehlo" and auto.model["dtype"] == "float32"
+    np.testing.assert_array_equal(load_stylizer(setup["ckpt"], dtype="auto")(setup["content"]),
+                                  load_stylizer(setup["ckpt"])(setup["content"]))
+    out = tmp_path / "bf16.png"
+    r = run_infer(_cfg(model_path=str(setup["artifact"]), input=str(setup["files"][0]), output=str(out),
+                       dtype="bfloat16"))
+    assert r["model"]["dtype"] == "bfloat16" and 0 < np.abs(_png(out) - to_uint8(ref[0])).mean() < 3
+    with pytest.raises(NstjaxError, match="dtype: expected one of auto, model, float32"):
+        _cfg(model_path="m.npz", input="a.jpg", output="b.jpg", dtype="half")

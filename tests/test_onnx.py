@@ -208,6 +208,7 @@ def test_onnx_problems_in_process_are_one_line(exported, tmp_path, monkeypatch):
         "onnx as a source": (lambda: export_model(path, tmp_path / "again.onnx", kind="onnx"), "does not read back"),
     }
     cases["no onnxruntime"] = (lambda: nstjax.load_stylizer(path), "pip install 'nstjax[onnx]'")
+    cases["bfloat16 onnx"] = (lambda: nstjax.load_stylizer(path, dtype="bfloat16"), "runs as exported, in float32")
     for name, (call, needle) in cases.items():
         with pytest.raises(NstjaxError) as e, monkeypatch.context() as m:
             if name == "no onnxruntime":

@@ -145,7 +145,8 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     src = open_source(str(cfg.input), cfg.size, exclude=exists if out.is_dir() else None)
     target = check_output(src, Path(str(cfg.input)).expanduser(), out)
     check_writable(out, "output", directory=target == "dir")
-    stylizer = load_stylizer(str(cfg.model_path), step=cfg.step, use_compiled_format=cfg.stablehlo)
+    stylizer = load_stylizer(str(cfg.model_path), step=cfg.step, use_compiled_format=cfg.stablehlo,
+                              dtype=cfg.dtype)
 
     if src.kind == "video" and target == "video":
         return _video_to_video(cfg, src, out, stylizer)

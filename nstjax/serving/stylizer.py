@@ -150,6 +150,15 @@ class Stylizer:
                     raise
         return lowered.compile()
 
+    def on_device(self, images: Any) -> Any:
+        """The network on a (B, H, W, 3) float32 batch already on the device, the output left
+        there (a jax.Array): no host copies, for pipelines that keep frames on the accelerator.
+        `__call__` is this plus the copies (and host padding for padded artifacts)."""
+        if self.pad_multiple > 1 and (images.shape[1] % self.pad_multiple or images.shape[2] % self.pad_multiple):
+            raise NstjaxError(f"on_device: this {self.backend} artifact takes sides that are multiples of "
+                              f"{self.pad_multiple}, got {images.shape[1]}x{images.shape[2]}; pad first or call it")
+        return self.compile(images.shape)(self._params, images)
+
     def __call__(self, images: Any) -> np.ndarray:
         x = np.asarray(images, dtype=np.float32)
         single = x.ndim == 3
