@@ -282,6 +282,7 @@ def main() -> None:
     p.add_argument("--cases", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--video-dtype", default="float32", help=argparse.SUPPRESS)
     args = p.parse_args()
+    sys.path.insert(0, str(ROOT))  # nstjax from this checkout, installed or not
     if args.child:
         {"torch": torch_child, "nstjax": nstjax_child}.get(args.child, video_child)(args)
         return
@@ -292,7 +293,7 @@ def main() -> None:
 
     assets = Path(os.environ.get("NSTJAX_ASSETS", ROOT.parent / "shared"))
     photos = sorted((assets / "data" / "photos" / "val").glob("*.jpg"))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
     if config.compose("infer", []).runtime.host_malloc_cache:
         env.update(HOST_MALLOC_ENV)  # the torch side gets the malloc settings nstjax.infer uses
     result_path = Path(args.out) if args.out else HERE / "results" / "infer_cpu.json"

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU number in the README, nstjax and PyTorch (CUDA) side by side on the same GPU.
-#   NSTJAX_ASSETS=/path/to/assets bash benchmarks/run_gpu.sh OUT_DIR [gatys|train|e2e|all]
+#   NSTJAX_ASSETS=/path/to/assets bash benchmarks/run_gpu.sh OUT_DIR [gatys|train|e2e|infer|all]
 # PYTHON runs nstjax (default python3); TORCH_PYTHON a python with CUDA torch (default: PYTHON).
 # gatys: Adam 100 steps at 512 and 1024 px, 500 steps at 512 px, L-BFGS 100 steps at 512 px.
 # train: one training step at 256 px, batch 4, float32 and bfloat16 (torch: fp32 and bf16 autocast).
 # e2e:   `python -m nstjax.train` itself (data pipeline, logging, checkpoints) for E2E_STEPS steps.
+# infer: the network at 1080p, float32 and bfloat16, batch 1 and 8, vs pytorch/examples' TransformerNet.
 set -euo pipefail
-out=${1:?usage: run_gpu.sh OUT_DIR [gatys|train|e2e|all]}
+out=${1:?usage: run_gpu.sh OUT_DIR [gatys|train|e2e|infer|all]}
 what=${2:-all}
 py=${PYTHON:-python3}
 tpy=${TORCH_PYTHON:-$py}
@@ -33,4 +34,8 @@ if has e2e; then
         train.resume=false ${E2E_ARGS:-}
     cp runs/gpu_e2e_$dt/summary.json "$out/e2e_$dt.json"
   done
+fi
+if has infer; then
+  $py benchmarks/bench_infer.py --torch-python "$tpy" --torch-device cuda --sizes 1920x1080 --batches 1 8 \
+      --dtypes float32 bfloat16 --repeats 30 --rounds 1 --video-frames 0 --out "$out/infer_gpu.json"
 fi
