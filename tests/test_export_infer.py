@@ -518,6 +518,12 @@ def test_compute_dtype_runs_the_network_in_bfloat16_close_to_float32(setup, tmp_
     # auto on CPU: as trained, bit for bit, and a stablehlo artifact still runs its own function
     auto = load_stylizer(hlo, dtype="auto")
     assert auto.backend == "stablehlo" and auto.model["dtype"] == "float32"
+    # on_device: the same network without host copies; padded artifacts want padded sides
+    on_device = load_stylizer(setup["ckpt"]).on_device(jax.device_put(setup["content"]))
+    assert isinstance(on_device, jax.Array)
+    np.testing.assert_allclose(np.asarray(on_device), setup["ref"], atol=1e-5)
+    with pytest.raises(NstjaxError, match="multiples of 4"):
+        auto.on_device(jax.device_put(setup["content"]))  # 42 px
     np.testing.assert_array_equal(load_stylizer(setup["ckpt"], dtype="auto")(setup["content"]),
                                   load_stylizer(setup["ckpt"])(setup["content"]))
     out = tmp_path / "bf16.png"
