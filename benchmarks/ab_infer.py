@@ -1,7 +1,7 @@
 """A/B of nstjax code variants on the TransformerNet forward pass, in one process, alternating.
 
 Each argument is a Python snippet run before its variant's forward pass is traced and
-compiled (modules: J = nstjax.networks.johnson, P = nstjax.ops.padded_conv,
+compiled (modules: J = nstjax.networks.johnson, P = nstjax.ops.padded_conv, C = nstjax.ops.cpu_kernels,
 U = nstjax.ops.upsample_conv, W = nstjax.ops.winograd, R = nstjax.runtime). What a snippet
 changes in those modules (and in J's layer classes) is undone after its variant compiles, so
 every snippet starts from the code as it is:
@@ -16,7 +16,14 @@ variant alike; printed: the median ms/image per variant relative to the first, a
 variant's max |difference| from the first variant's output. MALLOC=retain sets up host
 malloc as runtime.host_malloc_cache does. GRAD=1 times the forward and backward pass instead
 (the gradient of a fixed random projection of the output with respect to the parameters, as
-training needs it). bench_infer.py is the comparison with PyTorch.
+training needs it). A snippet may set `OPTIONS`, the XLA compile options of its variant
+(default: XLA's own defaults); `OPTIONS = C.forward_options()` compiles as `Stylizer` does
+for inference on this CPU, `C.OPTIONS["xla"]` and `C.OPTIONS["ynnpack"]` with either choice of
+matrix products (nstjax/ops/cpu_kernels.py):
+
+    python benchmarks/ab_infer.py 'OPTIONS = C.OPTIONS["xla"]' 'OPTIONS = C.OPTIONS["ynnpack"]' pass
+
+bench_infer.py is the comparison with PyTorch.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from PIL import Image
 
 from nstjax import runtime as R
 from nstjax.networks import johnson as J
+from nstjax.ops import cpu_kernels as C
 from nstjax.ops import padded_conv as P
 from nstjax.ops import upsample_conv as U
 from nstjax.ops import winograd as W
@@ -93,9 +101,10 @@ def main() -> None:
     for code in variants:
         saved = _snapshot()
         try:
-            exec(code, globals())
+            scope = dict(globals(), OPTIONS=None)
+            exec(code, scope)
             f = backward if grad else forward  # a new function per variant: jit's trace cache is per function
-            fn = jax.jit(lambda s, v: f(s, v)).lower(state, x).compile()
+            fn = jax.jit(lambda s, v: f(s, v)).lower(state, x).compile(scope["OPTIONS"])
         except Exception as e:  # a typo in a snippet: one line, not a traceback
             raise SystemExit(f"ab_infer: variant {code!r}: {type(e).__name__}: {e}") from None
         finally:

@@ -117,6 +117,12 @@ class RuntimeConfig:
     cache_min_compile_seconds: float = MISSING
     host_malloc_cache: bool = MISSING
     gpu_triton_gemm: Optional[bool] = None
+    cpu_dots: str = "auto"
+
+    def __post_init__(self) -> None:
+        from nstjax.ops.cpu_kernels import CHOICES
+
+        _one_of(self.cpu_dots, "runtime.cpu_dots", CHOICES)
 
 
 WANDB_MODES = ("offline", "online", "disabled")

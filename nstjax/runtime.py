@@ -5,7 +5,8 @@
 * `gpu_triton_gemm`: whether XLA:GPU autotunes Triton kernels for matrix products (a long
   first compile; worth it for a long training run, not for one Gatys image);
 * `host_malloc_cache`: glibc keeps freed memory, so XLA:CPU's per-step scratch buffer is not
-  page-faulted back in on every step (faster CPU steps for a higher peak RSS).
+  page-faulted back in on every step (faster CPU steps for a higher peak RSS);
+* `cpu_dots`: whose matrix products a network's forward pass uses on CPU (nstjax/ops/cpu_kernels.py).
 The measured effect of each is in the README's performance section.
 """
 from __future__ import annotations
@@ -55,6 +56,15 @@ _KEEP_BYTES = 2**31 - 1  # the largest trim threshold mallopt takes: never give 
 HOST_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(_KEEP_BYTES)}
 
 
+_retained = False
+
+
+def host_memory_retained() -> bool:
+    """Whether glibc malloc runs with one arena in this process (`retain_host_memory`, or
+    `HOST_MALLOC_ENV` given from outside)."""
+    return _retained or os.environ.get("MALLOC_ARENA_MAX") == "1"
+
+
 def retain_host_memory() -> bool:
     """Make glibc malloc reuse freed memory instead of returning it to the OS each time.
 
@@ -72,8 +82,10 @@ def retain_host_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in
-               ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _KEEP_BYTES)))
+    global _retained
+    _retained = all(mallopt(param, value) == 1 for param, value in
+                    ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _KEEP_BYTES)))
+    return _retained
 
 
 def configure(runtime: RuntimeConfig | None) -> None:
@@ -86,3 +98,6 @@ def configure(runtime: RuntimeConfig | None) -> None:
         set_gpu_triton_gemm(runtime.gpu_triton_gemm)
     if runtime.compilation_cache:
         enable_compilation_cache(runtime.compilation_cache, runtime.cache_min_compile_seconds)
+    from nstjax.ops.cpu_kernels import set_cpu_dots
+
+    set_cpu_dots(runtime.cpu_dots)

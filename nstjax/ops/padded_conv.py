@@ -13,9 +13,9 @@ slowly in both directions (README, "How nstjax got there"). On CPU:
 
 On GPUs cuDNN handles VALID convolutions well, so there the plain convolution is used.
 
-These formulations are tuned for executables compiled with `CPU_COMPILER_OPTIONS`, which
-inference uses (nstjax/serving/stylizer.py): XLA's own convolution and matrix-product kernels,
-YNNPACK only for reductions (README, "Inference on CPU").
+These formulations are tuned for executables compiled as inference compiles them
+(nstjax/ops/cpu_kernels.py): XLA's own convolutions, YNNPACK's reductions, and the faster
+matrix products on this CPU (README, "Inference on CPU").
 """
 from __future__ import annotations
 
@@ -30,10 +30,6 @@ from nstjax.ops import winograd
 
 Array = jax.Array
 _DN = ("NHWC", "HWIO", "NHWC")
-# XLA:CPU compile options for the networks' forward pass: YNNPACK (XLA's default for CPU
-# convolutions and products in this jaxlib) only for reductions; its convolutions measured
-# slower than XLA's own for every layer here but the RGB output, which `_column_taps_summed` fixes.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 _MIN_TAP_OUT = 16   # below this many output channels XLA's weight gradient is faster
 _CHUNKS = 16        # row chunks for the per-tap products (parallel work for the CPU threads)
 _MAX_BLOCKED_IN = 4  # inputs with at most this many channels (the RGB image) get the width-blocked forward

@@ -141,10 +141,10 @@ class Stylizer:
                 "or a params artifact")
         lowered = self._fn.lower(self._param_spec, jax.ShapeDtypeStruct(key, np.float32))
         if jax.default_backend() == "cpu":
-            from nstjax.ops.padded_conv import CPU_COMPILER_OPTIONS
+            from nstjax.ops.cpu_kernels import forward_options
 
             try:
-                return lowered.compile(CPU_COMPILER_OPTIONS)
+                return lowered.compile(forward_options())
             except jax.errors.JaxRuntimeError as e:  # a jaxlib without the option: its defaults
                 if "xla_cpu_experimental_ynn_fusion_type" not in str(e):
                     raise
