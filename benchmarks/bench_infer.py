@@ -148,8 +148,11 @@ def nstjax_child(args: argparse.Namespace) -> None:
                          "max_abs_diff_vs_torch": float(np.abs(y[0] - np.load(inputs / f"torch_{size}_{batch}_{dtype}.npy")).max()),
                          "max_abs_diff_vs_torch_float32": float(np.abs(y[0] - np.load(inputs / f"torch_{size}_{batch}_float32.npy")).max())
                          if (inputs / f"torch_{size}_{batch}_float32.npy").exists() else None}
-    json.dump({"jax": jax.__version__, "device": jax.devices()[0].device_kind, "cases": results},
-              open(args.out, "w"), indent=1)
+    from nstjax.ops.cpu_kernels import forward_options, machine_key
+
+    cpu = {"machine": machine_key(), "options": forward_options()} if jax.default_backend() == "cpu" else None
+    json.dump({"jax": jax.__version__, "device": jax.devices()[0].device_kind, "nproc": os.environ.get("NPROC"),
+               "cpu_kernels": cpu, "cases": results}, open(args.out, "w"), indent=1)
 
 
 def _torch_video_network(args: argparse.Namespace):

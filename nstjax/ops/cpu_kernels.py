@@ -3,13 +3,15 @@
 This jaxlib hands CPU convolutions, matrix products and reductions to YNNPACK by default. The
 forward formulations of `nstjax/ops/padded_conv.py` run faster with XLA's own convolutions and
 YNNPACK's reductions on every CPU measured. Whose matrix products are faster (they carry the
-Winograd convolutions of the residual blocks and the upsampling) depends on the machine: XLA's
-kernels were faster on the AMD EPYC the formulations were tuned on, YNNPACK's products are on a
-2-core Intel Xeon with the single malloc arena of `runtime.host_malloc_cache` (README,
-"Inference on CPU"). Both give the network's output to float rounding.
+Winograd convolutions of the residual blocks and the upsampling) depends on the machine and
+on how it runs: XLA's kernels were faster on the AMD EPYC the formulations were tuned on; on a
+2-core Intel Xeon the two tie with XLA's default thread pool, while with more XLA threads than
+cores (`NPROC=8`, as the test suite runs) and the single malloc arena of
+`runtime.host_malloc_cache`, XLA's products slow down and YNNPACK's do not (README, "Inference on
+CPU"). Both give the network's output to float rounding.
 
-`runtime.cpu_dots=auto` (the default) settles it once per CPU model, thread count, jaxlib and
-host malloc mode by timing the residual blocks' convolution both ways (under a second), and
+`runtime.cpu_dots=auto` (the default) settles it once per CPU model, XLA thread count, jaxlib
+and host malloc mode by timing the residual blocks' convolution both ways (under a second), and
 keeps the answer in `$NSTJAX_CACHE/cpu_kernels.json`; `xla` or `ynnpack` choose without measuring.
 """
 from __future__ import annotations
@@ -45,8 +47,8 @@ def set_cpu_dots(choice: str) -> None:
 
 
 def machine_key() -> str:
-    """What the answer depends on: the CPU model, the threads, the jaxlib, and the host malloc
-    mode (with `runtime.host_malloc_cache`'s single arena, XLA's products measured slower)."""
+    """What the answer depends on: the CPU model, its cores, XLA's thread count, the jaxlib and
+    the host malloc mode."""
     import jaxlib
 
     from nstjax.runtime import host_memory_retained
@@ -60,7 +62,9 @@ def machine_key() -> str:
     except OSError:
         pass
     malloc = "malloc retained" if host_memory_retained() else "malloc default"
-    return f"{model} | {os.cpu_count()} threads | jaxlib {jaxlib.__version__} | {malloc}"
+    # NPROC sizes XLA:CPU's thread pool; more threads than cores slowed XLA's products, not YNNPACK's
+    threads = os.environ.get("NPROC") or os.cpu_count()
+    return f"{model} | {os.cpu_count()} cores | {threads} XLA threads | jaxlib {jaxlib.__version__} | {malloc}"
 
 
 def measure(rounds: int = 5, calls: int = 3) -> dict[str, float]:
