@@ -4,8 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export NSTJAX_ASSETS ?= $(abspath ../shared)
-# Several simulated CPU devices on few cores can deadlock XLA collectives without this.
-export NPROC ?= 8
 export WANDB_MODE ?= offline
 
 .PHONY: demo test install bench-gatys bench-train clean
@@ -22,6 +20,9 @@ demo: install
 	$(PY) -m nstjax.stylize content.image=data/content/chicago.jpg style=mosaic \
 		size=256 steps=100 output=outputs/demo/chicago_mosaic.png
 
+# The tests simulate several CPU devices, whose collectives can deadlock on few cores unless
+# XLA's pool has 8 threads; only the tests get it (more threads than cores slow one process: README).
+test: export NPROC ?= 8
 test: install
 	$(PY) -m pytest -q tests
 
