@@ -119,9 +119,9 @@ def test_padded_conv_uses_the_cpu_formulation_on_cpu():
 
 
 def test_inference_compiles_the_network_with_xlas_own_convolutions():
-    """Stylizer compiles with cpu_kernels.forward_options() (YNNPACK for reductions and at most
-    matrix products): its convolutions stay XLA instructions, and its output equals the network
-    compiled with XLA's defaults."""
+    """Stylizer compiles with cpu_kernels.forward_options() (YNNPACK for reductions and, where
+    faster, matrix products): its convolutions stay XLA instructions, and its output equals the
+    network compiled with XLA's defaults."""
     from flax import nnx
 
     from nstjax import trees

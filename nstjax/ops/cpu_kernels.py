@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+#: The XLA:CPU option that says which operations YNNPACK runs.
+FLAG = "xla_cpu_experimental_ynn_fusion_type"
 #: Compile options per choice of matrix-product kernels; convolutions stay XLA's in both.
 OPTIONS: dict[str, dict[str, str]] = {
-    "xla": {_FLAG: "LIBRARY_FUSION_TYPE_REDUCE"},
-    "ynnpack": {_FLAG: "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+    "xla": {FLAG: "LIBRARY_FUSION_TYPE_REDUCE"},
+    "ynnpack": {FLAG: "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
 }
 CHOICES = ("auto", *OPTIONS)
 _MARGIN = 0.9  # YNNPACK's products must be 10% faster to replace XLA's (the first measured default)

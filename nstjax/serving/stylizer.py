@@ -141,12 +141,12 @@ class Stylizer:
                 "or a params artifact")
         lowered = self._fn.lower(self._param_spec, jax.ShapeDtypeStruct(key, np.float32))
         if jax.default_backend() == "cpu":
-            from nstjax.ops.cpu_kernels import forward_options
+            from nstjax.ops.cpu_kernels import FLAG, forward_options
 
             try:
                 return lowered.compile(forward_options())
             except jax.errors.JaxRuntimeError as e:  # a jaxlib without the option: its defaults
-                if "xla_cpu_experimental_ynn_fusion_type" not in str(e):
+                if FLAG not in str(e):
                     raise
         return lowered.compile()
 
