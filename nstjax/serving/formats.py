@@ -145,7 +145,7 @@ def _load_stablehlo(params: Mapping[str, np.ndarray], meta: dict[str, Any], payl
         raise NstjaxError(f"{where}: params do not match its stablehlo function: {trees.summarise(problems)}; "
                           "the file is corrupt or was written by another nstjax version")
     m = int(info.get("size_multiple", 4))  # artifacts before size_multiple was recorded: Johnson's 4
-    return Stylizer(exp.call, params, meta=meta, backend="stablehlo", pad_multiple=m,
+    return Stylizer(exp.call, params, meta=meta, backend="stablehlo", pad_multiple=m, fold_params=True,
                     min_padded_side=int(info.get("min_padded_side", 2 * m)))
 
 

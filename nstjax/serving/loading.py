@@ -116,7 +116,8 @@ def load_artifact(path: str | os.PathLike, *, use_compiled_format: bool = True,
     where = f"model artifact {str(p)!r}"
     runner = runner_for(model)
     runner.check(params, where, ARTIFACT_HINT)
-    return Stylizer(runner.serve, params, meta={**meta, "model": model}, backend="params", cache=runner.executables)
+    return Stylizer(runner.serve, params, meta={**meta, "model": model}, backend="params",
+                    fold_params=True, cache=runner.executables)
 
 
 def load_stylizer(path: str | os.PathLike, *, step: int | str | None = None, use_compiled_format: bool = True,
@@ -140,7 +141,7 @@ def load_stylizer(path: str | os.PathLike, *, step: int | str | None = None, use
         config = src.pop("config", None)
         meta = {"kind": "checkpoint", "model": model_cfg, "source": src, "config": config}
         return Stylizer(runner.serve, {n: params[n] for n in runner.names}, meta=meta, backend="params",
-                        cache=runner.executables)
+                        fold_params=True, cache=runner.executables)
     if not p.exists():
         raise NstjaxError(
             f"model_path {str(path)!r} does not exist: expected an exported artifact "
@@ -160,5 +161,5 @@ def load_stylizer(path: str | os.PathLike, *, step: int | str | None = None, use
         runner.check(params, f"torch state dict {str(p)!r}", "is it pytorch/examples' TransformerNet?")
         return Stylizer(runner.serve, {n: params[n] for n in runner.names},
                         meta={"kind": "torch", "model": model_cfg, "source": src}, backend="params",
-                        cache=runner.executables)
+                        fold_params=True, cache=runner.executables)
     return load_artifact(p, use_compiled_format=use_compiled_format, dtype=dtype)

@@ -1,6 +1,7 @@
 """A loaded network as a callable: `Stylizer(images) -> images`, one executable per shape."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -76,25 +77,40 @@ def runner_for(model_cfg: Any) -> NetworkRunner:
     return _RUNNERS[key]
 
 
+def _fingerprint(params: Mapping[str, Any]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(params):
+        v = np.asarray(params[name])
+        h.update(f"{name}{v.shape}{v.dtype}".encode())
+        h.update(np.ascontiguousarray(v).tobytes())
+    return h.hexdigest()
+
+
 class Stylizer:
     """A loaded network: `stylizer(images)` maps (B, H, W, 3) or (H, W, 3) float32 in [0, 1]
     to the raw float32 network output of the same shape (not clipped, as the model returns it).
 
     One XLA executable per input shape, compiled on first use and cached (`compile_seconds`
-    records how long each took); `compile` compiles ahead of timing. With `pad_multiple`, the
+    records how long each took); `compile` compiles ahead of timing. With `fold_params` on CPU
+    the parameters are compiled into the executable as constants: XLA then computes everything
+    that depends on them alone (the Winograd, phase and width-blocked kernels of
+    nstjax/ops/) once at compile time instead of in every call. With `pad_multiple`, the
     function takes sides that are multiples of it (an exported function with symbolic sides)
     and the Stylizer reflect-pads on the host and crops back, as the network does itself.
     """
 
     def __init__(self, fn: Callable, params: Mapping[str, Any], *, meta: dict[str, Any], backend: str,
-                 pad_multiple: int = 1, min_padded_side: int = 1,
-                 cache: dict[tuple[int, ...], Any] | None = None) -> None:
+                 pad_multiple: int = 1, min_padded_side: int = 1, fold_params: bool = False,
+                 cache: dict[tuple, Any] | None = None) -> None:
         import jax
 
+        self._fold = fold_params and jax.default_backend() == "cpu"
         self._fn = jax.jit(fn)
         self._params = jax.device_put(dict(params))
         self._param_spec = {n: jax.ShapeDtypeStruct(v.shape, v.dtype) for n, v in self._params.items()}
-        self._cache: dict[tuple[int, ...], Any] = {} if cache is None else cache
+        # Executables with folded params are shared only between equal params.
+        self._key_prefix = (_fingerprint(params),) if self._fold else ()
+        self._cache: dict[tuple, Any] = {} if cache is None else cache
         self.compile_seconds: dict[tuple[int, ...], float] = {}
         self.meta = meta
         self.backend = backend  # the artifact kind that runs: "params" (rebuilt flax model), "stablehlo", ...
@@ -111,23 +127,28 @@ class Stylizer:
         return (b, padded_size(h, self.pad_multiple), padded_size(w, self.pad_multiple), c)
 
     def is_compiled(self, shape: tuple[int, ...]) -> bool:
-        return self.device_shape(tuple(int(s) for s in shape)) in self._cache
+        return self._key_prefix + self.device_shape(tuple(int(s) for s in shape)) in self._cache
 
     def compile(self, shape: tuple[int, ...]) -> Any:
+        """The compiled executable for an input batch shape (taking the params first unless they
+        are folded in; `_run` calls it either way)."""
         key = self.device_shape(tuple(int(s) for s in shape))
-        exe = self._cache.get(key)
+        exe = self._cache.get(self._key_prefix + key)
         if exe is None:
             t0 = time.perf_counter()
             exe = self._compile(key, shape)
             self.compile_seconds[key] = time.perf_counter() - t0
-            self._cache[key] = exe
+            self._cache[self._key_prefix + key] = exe
         return exe
+
+    def _run(self, exe: Any, x: Any) -> Any:
+        return exe(x) if self._fold else exe(self._params, x)
 
     def memory_analysis(self, shape: tuple[int, ...], keep: bool = True) -> Any:
         """XLA's memory analysis of the executable for `shape` (`tile=auto`); with `keep=False`
         a shape not compiled yet is compiled for this question only, not cached."""
         key = self.device_shape(tuple(int(s) for s in shape))
-        if keep or key in self._cache:
+        if keep or self._key_prefix + key in self._cache:
             return self.compile(shape).memory_analysis()
         return self._compile(key, shape).memory_analysis()
 
@@ -139,7 +160,12 @@ class Stylizer:
                 f"image {shape[1]}x{shape[2]} is too small for the {self.backend} artifact (both sides "
                 f"must be >= {self.min_padded_side - self.pad_multiple + 1} px); use a larger size= "
                 "or a params artifact")
-        lowered = self._fn.lower(self._param_spec, jax.ShapeDtypeStruct(key, np.float32))
+        x = jax.ShapeDtypeStruct(key, np.float32)
+        if self._fold:
+            params = {n: np.asarray(v) for n, v in self._params.items()}
+            lowered = jax.jit(lambda images: self._fn(params, images)).lower(x)
+        else:
+            lowered = self._fn.lower(self._param_spec, x)
         if jax.default_backend() == "cpu":
             from nstjax.ops.cpu_kernels import FLAG, forward_options
 
@@ -157,7 +183,7 @@ class Stylizer:
         if self.pad_multiple > 1 and (images.shape[1] % self.pad_multiple or images.shape[2] % self.pad_multiple):
             raise NstjaxError(f"on_device: this {self.backend} artifact takes sides that are multiples of "
                               f"{self.pad_multiple}, got {images.shape[1]}x{images.shape[2]}; pad first or call it")
-        return self.compile(images.shape)(self._params, images)
+        return self._run(self.compile(images.shape), images)
 
     def __call__(self, images: Any) -> np.ndarray:
         x = np.asarray(images, dtype=np.float32)
@@ -170,7 +196,7 @@ class Stylizer:
         crop: Crop | None = None
         if self.pad_multiple > 1:
             x, crop = pad_to_multiple(x, self.pad_multiple)
-        y = np.asarray(exe(self._params, x))
+        y = np.asarray(self._run(exe, x))
         if crop is not None:
             y = crop(y)
         return y[0] if single else y
