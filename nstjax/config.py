@@ -80,6 +80,7 @@ class LossConfig:
     tv_weight: float = MISSING
     palette_weight: float = 0.0  # the style's colours (sliced Wasserstein in RGB); 0: off, no cost
     patch_palette_weight: float = 0.0  # the same on 4x4-averaged blocks: colours held over patches
+    sw_style_weight: float = 0.0  # the style layers' whole feature distributions (sliced Wasserstein)
 
     def perceptual(self):  # -> nstjax.perceptual.PerceptualLoss (validates layers and weights)
         from nstjax.perceptual import PerceptualLoss

@@ -8,13 +8,16 @@ The perceptual objective (`nstjax.perceptual.PerceptualLoss`) is a weighted sum 
 registered in `TERMS`. To add a loss: write a pure function of `TermInputs` here, decorate it
 with `@term("name")`, and give it a weight (`loss.<name>_weight` in `nstjax.config.LossConfig`).
 Gatys and training then both use it. A term that compares against a statistic of the style
-image's pixels passes `style_statistic=`: the objective computes it once with the Gram targets
-(blend-weighted over style images) and hands it over as `t.style_targets[name]`.
+image's pixels passes `style_statistic=` (one of its VGG features, `feature_statistic=`): the
+objective computes it once with the Gram targets (blend-weighted over style images) and hands
+it over as `t.style_targets[name]`.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,20 +40,27 @@ class TermInputs:
 
 Term = Callable[[TermInputs], jax.Array]
 StyleStatistic = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) style image in [0, 1] -> target
+FeatureStatistic = Callable[[Features], Any]  # its (1, h, w, C) features at the style layers -> target pytree
 #: Loss terms by name, in the order they are reported; the objective weights each by name.
 TERMS: dict[str, Term] = {}
 #: For terms that compare against the style image's pixels: the target they need, by term name.
 STYLE_STATISTICS: dict[str, StyleStatistic] = {}
+#: For terms that compare against a statistic of the style image's VGG features, by term name.
+FEATURE_STATISTICS: dict[str, FeatureStatistic] = {}
 
 
-def term(name: str, style_statistic: StyleStatistic | None = None) -> Callable[[Term], Term]:
+def term(name: str, style_statistic: StyleStatistic | None = None,
+         feature_statistic: FeatureStatistic | None = None) -> Callable[[Term], Term]:
     """Register a pure loss term under `name` (its weight is then `weights[name]`), with the
-    statistic of a style image it compares against, if any (blended linearly over styles)."""
+    statistic of a style image (of its pixels, or of its features at the style layers) it
+    compares against, if any (blended linearly over styles)."""
 
     def register(fn: Term) -> Term:
         TERMS[name] = fn
         if style_statistic is not None:
             STYLE_STATISTICS[name] = style_statistic
+        if feature_statistic is not None:
+            FEATURE_STATISTICS[name] = feature_statistic
         return fn
 
     return register
@@ -134,18 +144,29 @@ def palette_loss(rgb01: jax.Array, quantiles: jax.Array) -> jax.Array:
 
 def _matched_values(p: jax.Array, quantiles: jax.Array) -> jax.Array:
     """(N, D) projections of one image -> the style's values at each pixel's rank, per direction."""
-    n, d = p.shape
     dirs = jnp.asarray(255.0 * PALETTE_DIRECTIONS)
     lo = jnp.sum(jnp.minimum(dirs, 0.0), axis=1)  # each direction's range over the RGB cube
     width = (jnp.sum(jnp.maximum(dirs, 0.0), axis=1) - lo) / PALETTE_BINS
-    pos = jnp.clip((p - lo) / width, 0.0, PALETTE_BINS - 1e-3)
+    return histogram_matched(p, quantiles, lo, width, PALETTE_BINS)
+
+
+def histogram_matched(p: jax.Array, quantiles: jax.Array, lo: jax.Array, width: jax.Array, bins: int) -> jax.Array:
+    """(N, D) values along D directions -> the target's value at each one's rank, per direction.
+
+    Ranks come from one `bins`-bin histogram per direction starting at `lo` (D,) with bin width
+    `width` (D,), linear within a bin (values outside are clipped to the end bins); the
+    matched value is the target quantile function `quantiles` (Q, D) at that rank.
+    """
+    n, d = p.shape
+    nq = quantiles.shape[0]
+    pos = jnp.clip((p - lo) / width, 0.0, bins - 1e-3)
     idx = pos.astype(jnp.int32)
-    key = jnp.arange(d) * PALETTE_BINS + idx  # one histogram per direction, flat
-    counts = jnp.zeros(d * PALETTE_BINS, jnp.float32).at[key].add(1.0)
-    below = (jnp.cumsum(counts.reshape(d, PALETTE_BINS), axis=-1).ravel() - counts)
+    key = jnp.arange(d) * bins + idx  # one histogram per direction, flat
+    counts = jnp.zeros(d * bins, jnp.float32).at[key].add(1.0)
+    below = (jnp.cumsum(counts.reshape(d, bins), axis=-1).ravel() - counts)
     rank = (below[key] + (pos - idx) * counts[key]) / n  # in [0, 1], linear within a bin
-    q = jnp.clip(rank * PALETTE_QUANTILES - 0.5, 0.0, PALETTE_QUANTILES - 1.0)
-    j0 = jnp.minimum(q.astype(jnp.int32), PALETTE_QUANTILES - 2)
+    q = jnp.clip(rank * nq - 0.5, 0.0, nq - 1.0)
+    j0 = jnp.minimum(q.astype(jnp.int32), nq - 2)
     w = q - j0
     qt, col = quantiles.reshape(-1), jnp.arange(d)  # row-major (Q, D): [j, d] at j * D + d
     return qt[j0 * d + col] * (1.0 - w) + qt[(j0 + 1) * d + col] * w
@@ -172,6 +193,46 @@ def patch_palette_quantiles(rgb01: np.ndarray) -> np.ndarray:
 def patch_palette_loss(rgb01: jax.Array, quantiles: jax.Array) -> jax.Array:
     """palette_loss of the (B, H, W, 3) images' PATCH_PX-averaged blocks."""
     return palette_loss(_block_means(rgb01), quantiles)
+
+
+# The sliced Wasserstein style loss (Heitz et al. 2021): the whole distribution of the style's
+# VGG features at each style layer, not only its second moments (the Gram matrix), matched
+# along C fixed seeded directions per layer of C channels.
+SW_QUANTILES = 256  # points of the style's quantile function per direction
+SW_BINS = 256  # histogram bins per direction for the image's ranks
+SW_MARGIN = 0.25  # the histogram spans the style's range widened by this share on each side
+
+
+@functools.lru_cache(maxsize=None)
+def sw_directions(channels: int) -> np.ndarray:
+    """(C, C) unit directions in a C-channel feature space, the same for targets and loss."""
+    d = np.random.default_rng(channels).standard_normal((channels, channels))
+    return (d / np.linalg.norm(d, axis=0, keepdims=True)).astype(np.float32)
+
+
+def feature_quantiles(feats: Features) -> dict[str, np.ndarray]:
+    """Style-layer features of one style image, (1, H, W, C) each -> per layer, (Q, C): the
+    quantile function of its features along each of `sw_directions(C)`."""
+    out = {}
+    for name, f in feats.items():
+        f = np.asarray(f, np.float32)
+        proj = f.reshape(-1, f.shape[-1]) @ sw_directions(f.shape[-1])
+        out[name] = np.quantile(proj, (np.arange(SW_QUANTILES) + 0.5) / SW_QUANTILES, axis=0).astype(np.float32)
+    return out
+
+
+def sliced_wasserstein_loss(f: jax.Array, quantiles: jax.Array) -> jax.Array:
+    """Squared sliced 2-Wasserstein distance between the (B, H, W, C) features of each image and
+    the style's (its quantile functions, (Q, C)), in units of the style's own variance along
+    the directions, so that every layer counts alike whatever its feature scale."""
+    b, c = f.shape[0], f.shape[-1]
+    p = f.reshape(b, -1, c).astype(jnp.float32) @ jnp.asarray(sw_directions(c))  # (B, N, C)
+    span = quantiles[-1] - quantiles[0]
+    lo = quantiles[0] - SW_MARGIN * span
+    width = jnp.maximum((1.0 + 2.0 * SW_MARGIN) * span / SW_BINS, 1e-6)
+    matched = jax.vmap(histogram_matched, in_axes=(0, None, None, None, None))(
+        jax.lax.stop_gradient(p), quantiles, lo, width, SW_BINS)
+    return jnp.mean(jnp.square(p - matched)) / (jnp.mean(jnp.var(quantiles, axis=0)) + 1e-6)
 
 
 def tv_loss(rgb01: jax.Array) -> jax.Array:
@@ -212,3 +273,11 @@ def palette_term(t: TermInputs) -> jax.Array:
 @term("patch_palette", style_statistic=patch_palette_quantiles)
 def patch_palette_term(t: TermInputs) -> jax.Array:
     return patch_palette_loss(t.image, t.style_targets["patch_palette"])
+
+
+@term("sw_style", feature_statistic=feature_quantiles)
+def sw_style_term(t: TermInputs) -> jax.Array:
+    if not t.style_layers:
+        return jnp.zeros((), jnp.float32)
+    targets = t.style_targets["sw_style"]
+    return sum(sliced_wasserstein_loss(t.feats[k], targets[k]) for k in t.style_layers) / len(t.style_layers)

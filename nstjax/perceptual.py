@@ -97,13 +97,21 @@ class PerceptualLoss:
         every term in `weights` that has one (`losses.STYLE_STATISTICS`), blend-weighted."""
         blend = normalized_blend(blend, len(styles))
         stats = [n for n in self.weights if n in losses.STYLE_STATISTICS]
+        feature_stats = [n for n in self.weights if n in losses.FEATURE_STATISTICS]
         grams: dict[str, Any] = {}
+
+        def add(name: str, w: float, value: Any) -> None:  # blend-weighted sum, over pytrees too
+            value = jax.tree.map(lambda v: w * jnp.asarray(v), value)
+            grams[name] = value if name not in grams else jax.tree.map(jnp.add, grams[name], value)
+
         for w, style in zip(blend, styles):
             feats = encoder.encode(jnp.asarray(style)[None], self.style_names)
             for k in self.style_names:
-                grams[k] = grams.get(k, 0.0) + w * losses.gram(feats[k])
+                add(k, w, losses.gram(feats[k]))
             for name in stats:  # a weighted mean of quantile functions is the 1D Wasserstein barycentre
-                grams[name] = grams.get(name, 0.0) + w * jnp.asarray(losses.STYLE_STATISTICS[name](np.asarray(style)))
+                add(name, w, losses.STYLE_STATISTICS[name](np.asarray(style)))
+            for name in feature_stats:
+                add(name, w, losses.FEATURE_STATISTICS[name](feats))
         return grams
 
     def reporting(self, *names: str) -> PerceptualLoss:
