@@ -94,7 +94,8 @@ class PerceptualLoss:
     def style_targets(self, encoder: Encoder, styles: Sequence[np.ndarray | jax.Array],
                       blend: Sequence[float] | None = None) -> Features:
         """Gram matrices of the style image(s) at the style layers, and the style statistic of
-        every term in `weights` that has one (`losses.STYLE_STATISTICS`), blend-weighted."""
+        every term in `weights` that has one (of the pixels, `losses.STYLE_STATISTICS`, or of the
+        style-layer features, `losses.FEATURE_STATISTICS`), blend-weighted."""
         blend = normalized_blend(blend, len(styles))
         stats = [n for n in self.weights if n in losses.STYLE_STATISTICS]
         feature_stats = [n for n in self.weights if n in losses.FEATURE_STATISTICS]
