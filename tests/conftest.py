@@ -1,9 +1,13 @@
-"""Shared fixtures: the real assets directory (../shared in CI, or $NSTJAX_ASSETS)."""
+"""Shared fixtures: the real assets directory (../shared in CI, or $NSTJAX_ASSETS), the real VGG-19
+and its images at any size."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,3 +34,23 @@ def assets() -> Path:
 @pytest.fixture(scope="session")
 def photos(assets: Path) -> Path:
     return assets / "data" / "photos"
+
+
+@pytest.fixture(scope="session")
+def vgg(assets: Path):
+    """The real ImageNet VGG-19, loaded once for the whole suite (its params are never mutated)."""
+    from nstjax.vgg import load_vgg19
+    return load_vgg19(assets_dir=str(assets))
+
+
+@pytest.fixture(scope="session")
+def image(assets: Path) -> Callable[[str, int], np.ndarray]:
+    """image("content/chicago.jpg", 128): an asset under data/, long side resized, cached."""
+    from nstjax.image import load_resized
+
+    @functools.cache
+    def load(rel: str, size: int) -> np.ndarray:
+        out = load_resized(assets / "data" / rel, size)
+        out.flags.writeable = False  # shared between tests: a test that writes into it fails loudly
+        return out
+    return load

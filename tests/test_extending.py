@@ -24,7 +24,6 @@ from nstjax.training.checkpoint import Checkpointer
 from nstjax.training.data import SOURCES, load_val_images, make_dataset
 from nstjax.training.trainer import Trainer, make_mesh
 from nstjax.perceptual import Encoder, PerceptualLoss
-from nstjax.vgg import load_vgg19
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -51,11 +50,6 @@ def ns():
         NETWORKS.pop("tiny", None)
         SOURCES.pop("listfile", None)
         FORMATS.pop("mlir", None)
-
-
-@pytest.fixture(scope="module")
-def vgg(assets):
-    return load_vgg19(assets_dir=str(assets))
 
 
 def test_new_loss_term_drives_gatys(ns, vgg, assets):

@@ -12,22 +12,16 @@ from nstjax.gatys import GatysSettings, make_levels, run_gatys, stylize_pyramid
 from nstjax.image import load_resized, resize
 from nstjax.losses import gram, tv_loss
 from nstjax.perceptual import PerceptualLoss
-from nstjax.vgg import load_vgg19
 
 
 @pytest.fixture(scope="module")
-def vgg(assets):
-    return load_vgg19(assets_dir=str(assets))
+def content(image):
+    return image("content/chicago.jpg", 64)
 
 
 @pytest.fixture(scope="module")
-def content(assets):
-    return load_resized(assets / "data/content/chicago.jpg", 64)
-
-
-@pytest.fixture(scope="module")
-def style(assets):
-    return load_resized(assets / "data/styles/mosaic.jpg", 64)
+def style(image):
+    return image("styles/mosaic.jpg", 64)
 
 
 def edges(img: np.ndarray) -> np.ndarray:

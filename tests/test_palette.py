@@ -11,17 +11,16 @@ from nstjax import losses
 from nstjax.gatys import GatysSettings, run_gatys
 from nstjax.image import load_resized
 from nstjax.perceptual import Encoder, PerceptualLoss
-from nstjax.vgg import load_vgg19
 
 
 @pytest.fixture(scope="module")
-def photo(assets):
-    return load_resized(assets / "data/content/chicago.jpg", 96)
+def photo(image):
+    return image("content/chicago.jpg", 96)
 
 
 @pytest.fixture(scope="module")
-def style(assets):
-    return load_resized(assets / "data/styles/mosaic.jpg", 256)
+def style(image):
+    return image("styles/mosaic.jpg", 256)
 
 
 def sorted_swd(img: jax.Array, quantiles: jax.Array) -> jax.Array:
@@ -46,8 +45,7 @@ def test_palette_loss_is_the_sliced_wasserstein_distance(photo, style):
     assert float(losses.palette_loss(jnp.asarray(style)[None], q)) < 1e-3 * want
 
 
-def test_palette_targets_come_with_the_style_targets_only_when_used(assets, photo, style):
-    vgg = load_vgg19(assets_dir=str(assets))
+def test_palette_targets_come_with_the_style_targets_only_when_used(assets, vgg, photo, style):
     plain = PerceptualLoss(style_layers={"relu1_1": 1.0})
     enc = Encoder(vgg, plain.layers)
     assert "palette" not in plain.style_targets(enc, [style])
@@ -60,8 +58,7 @@ def test_palette_targets_come_with_the_style_targets_only_when_used(assets, phot
     np.testing.assert_allclose(np.asarray(t["palette"]), want, rtol=1e-5, atol=1e-3)
 
 
-def test_gatys_with_the_palette_takes_the_styles_colours(assets, photo, style):
-    vgg = load_vgg19(assets_dir=str(assets))
+def test_gatys_with_the_palette_takes_the_styles_colours(assets, vgg, photo, style):
     q = jnp.asarray(losses.palette_quantiles(style))
     base = {"content": 5.0, "style": 100.0, "tv": 1e-3}
     runs = {}

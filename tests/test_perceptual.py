@@ -16,14 +16,8 @@ from nstjax.networks import build_network
 from nstjax.perceptual import Encoder, PerceptualLoss, Targets
 from nstjax.training.data import load_val_images
 from nstjax.training.trainer import Trainer, make_mesh, make_optimizer
-from nstjax.vgg import load_vgg19
 
 LAYERS = dict(content_layers={"relu2_2": 1.0}, style_layers={"relu1_1": 1.0, "relu2_1": 1.0})
-
-
-@pytest.fixture(scope="module")
-def vgg(assets):
-    return load_vgg19(assets_dir=str(assets))
 
 
 @pytest.fixture(scope="module")

@@ -11,24 +11,18 @@ from nstjax import losses
 from nstjax.gatys import GatysSettings, run_gatys
 from nstjax.image import load_resized
 from nstjax.perceptual import Encoder, PerceptualLoss
-from nstjax.vgg import load_vgg19
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1")
 
 
 @pytest.fixture(scope="module")
-def vgg(assets):
-    return load_vgg19(assets_dir=str(assets))
+def photo(image):
+    return image("content/chicago.jpg", 128)
 
 
 @pytest.fixture(scope="module")
-def photo(assets):
-    return load_resized(assets / "data/content/chicago.jpg", 128)
-
-
-@pytest.fixture(scope="module")
-def style(assets):
-    return load_resized(assets / "data/styles/mosaic.jpg", 192)
+def style(image):
+    return image("styles/mosaic.jpg", 192)
 
 
 def sorted_swd(f: jax.Array, quantiles: jax.Array) -> jax.Array:

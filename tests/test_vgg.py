@@ -8,11 +8,6 @@ from nstjax.losses import gram
 from nstjax.vgg import BLOCKS, CHANNELS, layer_order, load_vgg19, read_h5_weights
 
 
-@pytest.fixture(scope="module")
-def vgg(assets):
-    return load_vgg19(assets_dir=str(assets))
-
-
 def test_registry_checksum_matches_shared_file(assets):
     from nstjax import assets as A
 
