@@ -14,7 +14,6 @@ from flax import nnx
 from nstjax import losses
 from nstjax.config import DataConfig
 from nstjax.gatys import GatysSettings, run_gatys
-from nstjax.image import load_resized
 from nstjax.networks import NETWORKS, build_network
 from nstjax.serving.artifact import read_artifact
 from nstjax.serving.exporting import export_model
@@ -52,9 +51,9 @@ def ns():
         FORMATS.pop("mlir", None)
 
 
-def test_new_loss_term_drives_gatys(ns, vgg, assets):
-    content = load_resized(assets / "data/content/chicago.jpg", 40)
-    style = load_resized(assets / "data/styles/mosaic.jpg", 40)
+def test_new_loss_term_drives_gatys(ns, vgg, image):
+    content = image("content/chicago.jpg", 40)
+    style = image("styles/mosaic.jpg", 40)
     loss = ns["loss"]
     r = run_gatys(vgg, content, [style], GatysSettings(loss=loss, optimizer="adam", steps=20, log_every=20))
     assert "chroma" in r.final and r.final["chroma"] < r.initial["chroma"]
@@ -63,13 +62,13 @@ def test_new_loss_term_drives_gatys(ns, vgg, assets):
     assert np.std(r.image, axis=-1).mean() < np.std(plain.image, axis=-1).mean()
 
 
-def test_new_network_trains_exports_and_loads(ns, vgg, assets, photos, tmp_path):
+def test_new_network_trains_exports_and_loads(ns, vgg, photos, tmp_path, image):
     model = build_network({"name": "tiny", "features": 4}, rngs=nnx.Rngs(0))
     assert isinstance(model, ns["TinyNet"])
     loss = PerceptualLoss(content_layers={"relu2_2": 1.0}, style_layers={"relu1_1": 1.0, "relu2_1": 1.0},
                           weights={"content": 1.0, "style": 10.0, "tv": 1e-5})
     encoder = Encoder(vgg, loss.layers)
-    grams = loss.style_targets(encoder, [load_resized(assets / "data/styles/mosaic.jpg", 48)])
+    grams = loss.style_targets(encoder, [image("styles/mosaic.jpg", 48)])
     trainer = Trainer(model, encoder, loss, optax.adam(1e-2), grams, make_mesh(jax.devices()[:1]))
     batch = trainer.put_batch(load_val_images(photos / "val", 32, limit=2))
     first = float(trainer.step(batch)["total"])

@@ -9,7 +9,7 @@ import pytest
 from nstjax import color
 from nstjax.errors import NstjaxError
 from nstjax.gatys import GatysSettings, make_levels, run_gatys, stylize_pyramid
-from nstjax.image import load_resized, resize
+from nstjax.image import resize
 from nstjax.losses import gram, tv_loss
 from nstjax.perceptual import PerceptualLoss
 
@@ -91,9 +91,9 @@ def test_histogram_matching_matches_mean_and_covariance(content, style):
     assert err_matched < 0.35 * err_before
 
 
-def test_pyramid_blend_and_noise_init(vgg, assets, style):
-    big = load_resized(assets / "data/content/hoovertowernight.jpg", 200)
-    other = load_resized(assets / "data/styles/candy.jpg", 64)
+def test_pyramid_blend_and_noise_init(vgg, style, image):
+    big = image("content/hoovertowernight.jpg", 200)
+    other = image("styles/candy.jpg", 64)
     levels = make_levels(64, [32], [8, 4])
     img, results = stylize_pyramid(vgg, big, [style, other], levels,
                                    GatysSettings(optimizer="adam", log_every=4),

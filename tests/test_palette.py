@@ -9,7 +9,6 @@ import pytest
 
 from nstjax import losses
 from nstjax.gatys import GatysSettings, run_gatys
-from nstjax.image import load_resized
 from nstjax.perceptual import Encoder, PerceptualLoss
 
 
@@ -45,14 +44,14 @@ def test_palette_loss_is_the_sliced_wasserstein_distance(photo, style):
     assert float(losses.palette_loss(jnp.asarray(style)[None], q)) < 1e-3 * want
 
 
-def test_palette_targets_come_with_the_style_targets_only_when_used(assets, vgg, photo, style):
+def test_palette_targets_come_with_the_style_targets_only_when_used(vgg, photo, style, image):
     plain = PerceptualLoss(style_layers={"relu1_1": 1.0})
     enc = Encoder(vgg, plain.layers)
     assert "palette" not in plain.style_targets(enc, [style])
     reported = plain.reporting("palette")
     assert reported.weights["palette"] == 0.0 and reported.weights["style"] == plain.weights["style"]
     # Two styles blended: the style statistic is the blend of their quantile functions.
-    other = load_resized(assets / "data/styles/candy.jpg", 256)
+    other = image("styles/candy.jpg", 256)
     t = reported.style_targets(enc, [style, other], blend=[3.0, 1.0])
     want = 0.75 * losses.palette_quantiles(style) + 0.25 * losses.palette_quantiles(other)
     np.testing.assert_allclose(np.asarray(t["palette"]), want, rtol=1e-5, atol=1e-3)

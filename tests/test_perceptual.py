@@ -11,7 +11,7 @@ from nstjax import losses
 from nstjax.config import LossConfig
 from nstjax.errors import NstjaxError
 from nstjax.gatys import GatysSettings, run_gatys
-from nstjax.image import load_resized, resize
+from nstjax.image import resize
 from nstjax.networks import build_network
 from nstjax.perceptual import Encoder, PerceptualLoss, Targets
 from nstjax.training.data import load_val_images
@@ -21,9 +21,9 @@ LAYERS = dict(content_layers={"relu2_2": 1.0}, style_layers={"relu1_1": 1.0, "re
 
 
 @pytest.fixture(scope="module")
-def images(assets):
-    content = load_resized(assets / "data/content/chicago.jpg", 48)
-    return content, resize(load_resized(assets / "data/styles/mosaic.jpg", 48), content.shape[:2])
+def images(image):
+    content = image("content/chicago.jpg", 48)
+    return content, resize(image("styles/mosaic.jpg", 48), content.shape[:2])
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import pytest
 
 from nstjax import losses
 from nstjax.gatys import GatysSettings, run_gatys
-from nstjax.image import load_resized
 from nstjax.perceptual import Encoder, PerceptualLoss
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1")
@@ -54,13 +53,13 @@ def test_sw_loss_is_the_sliced_wasserstein_distance_of_vgg_features(vgg, photo, 
         assert float(losses.sliced_wasserstein_loss(own, q[layer])) < 0.02 * want, layer
 
 
-def test_sw_targets_come_from_the_style_features_blended(vgg, style, assets):
+def test_sw_targets_come_from_the_style_features_blended(vgg, style, image):
     plain = PerceptualLoss(style_layers=dict.fromkeys(LAYERS, 1.0))
     enc = Encoder(vgg, plain.layers)
     assert "sw_style" not in plain.style_targets(enc, [style])
     used = PerceptualLoss(style_layers=dict.fromkeys(LAYERS, 1.0),
                           weights={**plain.weights, "sw_style": 10.0})
-    other = load_resized(assets / "data/styles/candy.jpg", 160)
+    other = image("styles/candy.jpg", 160)
     t = used.style_targets(enc, [style, other], blend=[3.0, 1.0])
     assert set(t["sw_style"]) == set(LAYERS)
     for k in LAYERS:

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from nstjax.errors import NstjaxError
-from nstjax.image import load_resized
 from nstjax.losses import gram
 from nstjax.vgg import BLOCKS, CHANNELS, layer_order, load_vgg19, read_h5_weights
 
@@ -26,8 +25,8 @@ def test_loaded_weights(vgg):
     assert n_params == 20_024_384  # VGG-19 convolutional trunk
 
 
-def test_features_of_a_real_photo(vgg, assets):
-    img = load_resized(assets / "data/content/chicago.jpg", 128)
+def test_features_of_a_real_photo(vgg, image):
+    img = image("content/chicago.jpg", 128)
     feats = vgg(img[None], ["relu1_1", "relu3_1", "relu5_1", "pool4"])
     h, w = img.shape[:2]
     assert feats["relu1_1"].shape == (1, h, w, 64)
@@ -40,10 +39,10 @@ def test_features_of_a_real_photo(vgg, assets):
     assert 0.02 < active < 0.7
 
 
-def test_style_statistics_identify_the_painting(vgg, assets):
+def test_style_statistics_identify_the_painting(vgg, image):
     """Gram matrices of two halves of one painting are closer than those of two paintings."""
-    a = load_resized(assets / "data/styles/starry_night.jpg", 256)
-    b = load_resized(assets / "data/styles/mosaic.jpg", 256)
+    a = image("styles/starry_night.jpg", 256)
+    b = image("styles/mosaic.jpg", 256)
     h = min(a.shape[0], b.shape[0])
     a_left, a_right, b_left = a[:h, :128], a[:h, 128:256], b[:h, :128]
     g = {k: gram(vgg(x[None], ["relu3_1"])["relu3_1"]) for k, x in
@@ -53,9 +52,9 @@ def test_style_statistics_identify_the_painting(vgg, assets):
     assert same * 3 < diff
 
 
-def test_avg_pooling_changes_deep_features(assets, vgg):
+def test_avg_pooling_changes_deep_features(assets, vgg, image):
     avg = load_vgg19(assets_dir=str(assets), pooling="avg")
-    img = load_resized(assets / "data/content/amber.jpg", 64)[None]
+    img = image("content/amber.jpg", 64)[None]
     fm, fa = vgg(img, ["relu3_1"])["relu3_1"], avg(img, ["relu3_1"])["relu3_1"]
     assert fm.shape == fa.shape and not np.allclose(fm, fa)
 
