@@ -102,7 +102,7 @@ def _legacy_state(path: Path) -> Any:
         def plain() -> Any:
             return _Unpickler(f, lambda pid: (_ for _ in ()).throw(pickle.UnpicklingError("unexpected storage"))).load()
 
-        if plain() != _LEGACY_MAGIC:
+        if plain() != _LEGACY_MAGIC:  # any pickle protocol: torch.save(pickle_protocol=...)
             raise pickle.UnpicklingError("not a torch file (bad magic number)")
         plain()  # protocol version
         plain()  # sys info
@@ -153,8 +153,10 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     try:
         state = _zip_state(p) if zipfile.is_zipfile(p) else _legacy_state(p)
     except (pickle.UnpicklingError, EOFError, struct.error, KeyError, ValueError, TypeError, IndexError,
-            AttributeError, zipfile.BadZipFile, OSError) as e:
-        raise NstjaxError(f"{str(p)!r} is not a readable torch state dict ({type(e).__name__}: {e})") from None
+            AttributeError, zipfile.BadZipFile, OSError, OverflowError, MemoryError, RecursionError) as e:
+        # Random bytes make an unpickler ask for 2**63 bytes (Overflow/MemoryError) or echo raw text.
+        why = " ".join(str(e).split())[:200]
+        raise NstjaxError(f"{str(p)!r} is not a readable torch state dict ({type(e).__name__}: {why})") from None
     if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
         raise NstjaxError(f"{str(p)!r} holds no state dict of tensors (is it a whole pickled model?)")
     return dict(state)
