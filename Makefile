@@ -23,8 +23,10 @@ demo: install
 # The tests simulate several CPU devices, whose collectives can deadlock on few cores unless
 # XLA's pool has 8 threads; only the tests get it (more threads than cores slow one process: README).
 test: export NPROC ?= 8
+# Two workers at most, a module each: the tests are mostly single-threaded (compiles, subprocess
+# start-up) and each worker holds a few GB.
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --maxprocesses=2 --dist loadfile --no-loadscope-reorder tests
 
 bench-gatys: install
 	bash benchmarks/setup_torch_env.sh

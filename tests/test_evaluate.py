@@ -17,7 +17,8 @@ VAL = 2
 
 
 def run_cli(module: str, args: list[str], cwd, assets, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = dict(os.environ, NSTJAX_ASSETS=str(assets), WANDB_MODE="offline", NPROC="8")
+    env = dict(os.environ, NSTJAX_ASSETS=str(assets), NPROC="8")
+    env.pop("WANDB_MODE", None)  # the command's wandb= setting decides, not CI's WANDB_MODE
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -21,7 +21,9 @@ TINY = ["experiment=cpu_quick", "model.width=0.125", "model.num_residual=1", "da
 
 
 def _env(assets: Path) -> dict:
-    return dict(os.environ, NSTJAX_ASSETS=str(assets), WANDB_MODE="offline", NPROC="8")
+    env = dict(os.environ, NSTJAX_ASSETS=str(assets), NPROC="8")
+    env.pop("WANDB_MODE", None)  # the command's wandb= setting decides, not CI's WANDB_MODE
+    return env
 
 
 def _start(args: list[str], cwd: Path, assets: Path) -> subprocess.Popen:
