@@ -7,7 +7,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,25 +14,9 @@ import numpy as np
 import pytest
 
 from nstjax.serving.checkpoints import load_params_for_inference
+from tests.train_cli import TINY as TRAIN_TINY, run_train, start_train
 
-TINY = ["experiment=cpu_quick", "model.width=0.125", "model.num_residual=1", "data.size=32", "train.val_sizes=[64]",
-        "loss.style_size=64", "train.samples=2", "train.log_every=2", "wandb=disabled", "train.sample_every=0"]
-
-
-def _env(assets: Path) -> dict:
-    env = dict(os.environ, NSTJAX_ASSETS=str(assets), NPROC="8")
-    env.pop("WANDB_MODE", None)  # the command's wandb= setting decides, not CI's WANDB_MODE
-    return env
-
-
-def _start(args: list[str], cwd: Path, assets: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nstjax.train", *args], cwd=cwd, env=_env(assets),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _run(args: list[str], cwd: Path, assets: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nstjax.train", *args], cwd=cwd, env=_env(assets),
-                          capture_output=True, text=True, timeout=600)
+TINY = [*TRAIN_TINY, "train.sample_every=0"]
 
 
 def _final_params(ckpt: Path, step: int) -> dict:
@@ -49,7 +32,7 @@ def test_kill_9_anywhere_then_the_same_command_finishes_bitwise_equal(tmp_path, 
     args = [*TINY, f"train.steps={steps}", "train.save_every=4", "run_name=k"]
     ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
     ref_dir.mkdir(), killed_dir.mkdir()
-    r = _run(args, ref_dir, assets)
+    r = run_train(args, ref_dir, assets)
     assert r.returncode == 0, r.stderr[-3000:]
     want = _final_params(ref_dir / "runs" / "k" / "checkpoints", steps)
 
@@ -69,7 +52,7 @@ def test_kill_9_anywhere_then_the_same_command_finishes_bitwise_equal(tmp_path, 
     # 1: while a checkpoint is being written (its tmp directory exists); 2: a random moment
     # during start-up; 3: a random moment between two checkpoints.
     for moment in ("mid-checkpoint", "start-up", "between checkpoints"):
-        proc = _start(args, killed_dir, assets)
+        proc = start_train(args, killed_dir, assets)
         try:
             deadline, since = time.time() + 300, newest()
             if moment == "mid-checkpoint":
@@ -88,7 +71,7 @@ def test_kill_9_anywhere_then_the_same_command_finishes_bitwise_equal(tmp_path, 
         finally:
             proc.kill()
     assert writing(kills[0][1]), kills  # really killed in the middle of a write
-    r = _run(args, killed_dir, assets)  # the same command, until it completes
+    r = run_train(args, killed_dir, assets)  # the same command, until it completes
     assert r.returncode == 0, r.stderr[-3000:]
     got = _final_params(ckpt, steps)
     assert got.keys() == want.keys()
@@ -112,7 +95,7 @@ def test_disk_full_during_a_save_is_one_line_and_loses_nothing(tmp_path, assets)
     with _small_disk(tmp_path / "disk", "4m") as disk:
         ckpt = disk / "ck"
         args = [*TINY, "train.save_every=10", f"train.ckpt_dir={ckpt}", "run_name=d"]
-        proc = _start([*args, "train.steps=400"], tmp_path, assets)
+        proc = start_train([*args, "train.steps=400"], tmp_path, assets)
         try:
             deadline = time.time() + 300
             while not (ckpt / "10").is_dir() and proc.poll() is None and time.time() < deadline:
@@ -135,14 +118,14 @@ def test_disk_full_during_a_save_is_one_line_and_loses_nothing(tmp_path, assets)
         good = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
         _final_params(ckpt, good)  # the previous checkpoint is intact and readable
         (disk / "filler").unlink(missing_ok=True)  # space again: the same command resumes from it
-        r = _run([*args, "train.steps=30"], tmp_path, assets)
+        r = run_train([*args, "train.steps=30"], tmp_path, assets)
         assert r.returncode == 0, r.stderr[-3000:]
         assert f"resumed from {ckpt} at step {good}" in r.stdout
 
 
 def test_a_disk_too_small_for_two_checkpoints_is_refused_before_training(tmp_path, assets):
     with _small_disk(tmp_path / "disk", "64k") as disk:
-        r = _run([*TINY, "train.steps=4", "model.width=0.5", f"train.ckpt_dir={disk / 'ck'}"], tmp_path, assets)
+        r = run_train([*TINY, "train.steps=4", "model.width=0.5", f"train.ckpt_dir={disk / 'ck'}"], tmp_path, assets)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 2 and len(lines) == 1 and "MB free" in lines[0], r.stderr[-2000:]
         assert shutil.disk_usage(disk).used < 32 * 1024
@@ -150,13 +133,13 @@ def test_a_disk_too_small_for_two_checkpoints_is_refused_before_training(tmp_pat
 
 def test_corrupt_latest_checkpoint_resumes_from_the_one_before(tmp_path, assets):
     args = [*TINY, "train.save_every=2", "run_name=c"]
-    r = _run([*args, "train.steps=6"], tmp_path, assets)
+    r = run_train([*args, "train.steps=6"], tmp_path, assets)
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = tmp_path / "runs" / "c" / "checkpoints"
     for f in (ckpt / "6" / "state").rglob("*"):  # truncate every array file of the newest step
         if f.is_file():
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    r = _run([*args, "train.steps=8"], tmp_path, assets)
+    r = run_train([*args, "train.steps=8"], tmp_path, assets)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "checkpoint step 6" in r.stdout and "trying the one before it" in r.stdout
     assert f"resumed from {ckpt} at step 4" in r.stdout
@@ -166,10 +149,10 @@ def test_corrupt_latest_checkpoint_resumes_from_the_one_before(tmp_path, assets)
 def test_nonfinite_steps_are_skipped_or_stop_the_run_by_policy(tmp_path, assets):
     """An absurd learning rate overflows the network to inf/NaN within a few steps."""
     args = [*TINY, "train.lr=1e30", "train.steps=6", "train.save_every=2", "train.log_every=2"]
-    r = _run([*args, "train.nonfinite=stop", "run_name=s"], tmp_path, assets)
+    r = run_train([*args, "train.nonfinite=stop", "run_name=s"], tmp_path, assets)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("train s")]
     assert r.returncode == 2 and len(lines) == 1 and "non-finite loss or gradient" in lines[0], r.stderr[-2000:]
-    r = _run([*args, "train.nonfinite=skip", "run_name=k"], tmp_path, assets)
+    r = run_train([*args, "train.nonfinite=skip", "run_name=k"], tmp_path, assets)
     assert r.returncode == 0, r.stderr[-3000:]
     import json
 
@@ -178,6 +161,6 @@ def test_nonfinite_steps_are_skipped_or_stop_the_run_by_policy(tmp_path, assets)
     for step in (2, 4, 6):  # every checkpoint written is finite
         params = _final_params(tmp_path / "runs" / "k" / "checkpoints", step)
         assert all(np.isfinite(v).all() for v in params.values())
-    r = _run([*args, "train.nonfinite=rollback", "run_name=r"], tmp_path, assets)
+    r = run_train([*args, "train.nonfinite=rollback", "run_name=r"], tmp_path, assets)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "rolled back to checkpoint step" in r.stdout, r.stdout[-2000:]

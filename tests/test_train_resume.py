@@ -1,10 +1,7 @@
 """The real trainer stopped and started again: sweeps' checkpoints, preemption, changed settings."""
 import json
-import os
-import subprocess
-import sys
 
-from tests.train_cli import TINY, one_line_error, run_train
+from tests.train_cli import TINY, one_line_error, run_train, start_train
 
 
 def test_a_sweep_with_list_overrides_writes_checkpoints_that_load(tmp_path, assets):
@@ -36,11 +33,8 @@ def test_sigterm_checkpoints_exits_143_and_the_same_command_resumes(tmp_path, as
     import time
 
     args = [*TINY, "train.steps=40", "train.save_every=2", "train.sample_every=0", "run_name=p"]
-    env = dict(os.environ, NSTJAX_ASSETS=str(assets), NPROC="8")
-    env.pop("WANDB_MODE", None)  # the command's wandb= setting decides, not CI's WANDB_MODE
     ck = tmp_path / "runs" / "p" / "checkpoints"
-    proc = subprocess.Popen([sys.executable, "-m", "nstjax.train", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_train(args, tmp_path, assets)
     try:
         deadline = time.time() + 300
         while not (ck / "2").is_dir() and proc.poll() is None and time.time() < deadline:

@@ -7,11 +7,21 @@ TINY = ["experiment=cpu_quick", "model.width=0.125", "model.num_residual=1", "da
         "loss.style_size=64", "train.samples=2", "train.log_every=2", "wandb=disabled"]
 
 
-def run_train(args, cwd, assets, extra_env=None, timeout=600):
+def train_env(assets, extra_env=None) -> dict:
     env = dict(os.environ, NSTJAX_ASSETS=str(assets), NPROC="8", **(extra_env or {}))
     env.pop("WANDB_MODE", None)  # the command's wandb= setting decides, not CI's WANDB_MODE
-    return subprocess.run([sys.executable, "-m", "nstjax.train", *args], cwd=cwd, env=env,
+    return env
+
+
+def run_train(args, cwd, assets, extra_env=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nstjax.train", *args], cwd=cwd, env=train_env(assets, extra_env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def start_train(args, cwd, assets) -> subprocess.Popen:
+    """The same command in the background, for tests that signal or kill it mid-run."""
+    return subprocess.Popen([sys.executable, "-m", "nstjax.train", *args], cwd=cwd, env=train_env(assets),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def one_line_error(r, needle):
