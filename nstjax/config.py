@@ -59,11 +59,26 @@ class StyleConfig:
     name: str = MISSING
     image: Any = MISSING  # one path/asset name, or a list of them
     blend_weights: Optional[List[float]] = None
+    multi: bool = False  # several images: one network for all of them, each its own style (not a blend)
 
     def __post_init__(self) -> None:
         self.image = [str(p) for p in as_list(self.image)]
         if not self.image:
             raise NstjaxError("style.image: no style image given")
+        if self.multi:
+            if len(self.image) < 2:
+                raise NstjaxError("style.multi=true needs two or more style images in style.image")
+            if self.blend_weights is not None:
+                raise NstjaxError("style.blend_weights: a blend of styles and style.multi=true (one network, "
+                                  "each image its own style) exclude each other; set one")
+            names = self.names()
+            if len(set(names)) != len(names):
+                raise NstjaxError(f"style.image: style.multi=true names each style by its file name, and "
+                                  f"these repeat: {names}")
+
+    def names(self) -> list[str]:
+        """Each style image's name: its file name without the extension."""
+        return [Path(p).stem for p in self.image]
 
 
 @dataclass
@@ -309,6 +324,18 @@ class TrainConfig:
         from nstjax.networks import model_config
 
         self.model = model_config(self.model)
+        n = len(self.style.image) if self.style.multi else 1
+        have = int(getattr(self.model, "num_styles", 1))
+        if n > 1:  # the network's style count and names come from the style list
+            if not hasattr(self.model, "num_styles"):
+                raise NstjaxError(f"style.multi=true: model.name={self.model.name} draws a single style")
+            if have not in (1, n):
+                raise NstjaxError(f"model.num_styles={have}, but style.multi=true lists {n} style images")
+            self.model = model_config(dataclasses.asdict(self.model) | {"num_styles": n,
+                                                                       "style_names": self.style.names()})
+        elif have > 1:
+            raise NstjaxError(f"model.num_styles={have}: a multi-style network trains with style.multi=true "
+                              f"and {have} images in style.image")
 
 
 # --------------------------------------------------------------------------- export / infer
@@ -337,6 +364,7 @@ class ExportConfig:
     format: str = MISSING
     platforms: Optional[List[str]] = None
     params_dtype: str = "float32"  # float16 halves an .npz artifact; loaded back as float32
+    model_style: Any = None  # multi-style networks: a style's name/index or a mix {name: weight}; None: all (params)
     runtime: RuntimeConfig = MISSING
 
     def __post_init__(self) -> None:
@@ -377,6 +405,7 @@ class InferConfig:
     duration: Optional[float] = None  # video: seconds to stylize from `start` (None: to the end)
     overlap: int = 64  # tile overlap, blended with feathered weights
     overwrite: bool = MISSING  # folder outputs that exist are skipped unless true
+    model_style: Any = None  # multi-style networks: a style's name or index, or a mix {name: weight}
     runtime: Optional[RuntimeConfig] = None
 
     def __post_init__(self) -> None:
@@ -441,6 +470,7 @@ class EvaluateConfig:
     net_size: Optional[int] = None  # the network runs at this long side, outputs resized to each size (as infer)
     style_scale: float = MISSING  # style targets from the style image at style_scale x the long side
     style: Optional[StyleConfig] = None  # None: the style the model was trained on
+    model_style: Any = None  # multi-style networks: the style (name/index/mix {name: weight}) judged
     loss: Optional[TrainLossConfig] = None
     loss_from_model: bool = MISSING  # judge with the model's own training loss and VGG pooling, if recorded
     gatys_steps: int = MISSING  # > 0: also optimize each photo with Gatys on the same loss (the reference)

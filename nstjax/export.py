@@ -4,6 +4,7 @@
     python -m nstjax.export checkpoint=runs/mosaic/checkpoints step=20000 output=m.npz format=stablehlo
     python -m nstjax.export checkpoint=mosaic.nstjax.npz output=m.hlo.npz format=stablehlo platforms=[cpu,cuda]
     python -m nstjax.export checkpoint=runs/mosaic/checkpoints output=mosaic.onnx format=onnx   # nstjax[onnx]
+    python -m nstjax.export checkpoint=runs/presets/checkpoints output=candy.onnx format=onnx model_style=candy
 
 Formats are registered in `nstjax.serving.formats`; the file layout is `nstjax.serving.artifact`
 (format=onnx writes a standalone .onnx file instead: `nstjax.serving.onnx_model`).
@@ -21,7 +22,7 @@ def main(cfg: ExportConfig, run_dir: Path) -> None:
     from nstjax.serving.exporting import export_model
 
     meta = export_model(cfg.checkpoint, cfg.output, step=cfg.step, kind=cfg.format, platforms=cfg.platforms,
-                        params_dtype=cfg.params_dtype)
+                        params_dtype=cfg.params_dtype, model_style=cfg.model_style)
     size = Path(cfg.output).stat().st_size
     extra = ""
     if "stablehlo" in meta:
@@ -29,7 +30,9 @@ def main(cfg: ExportConfig, run_dir: Path) -> None:
     if "onnx" in meta:
         extra = f" opset {meta['onnx']['opset']}, dynamic batch/height/width, sides >= {meta['onnx']['min_side']} px"
     m = meta["model"]
-    shape = ", ".join(f"{k} {v}" for k, v in m.items() if k != "name")
+    shape = ", ".join(f"{k} {v}" for k, v in m.items() if k != "name" and v is not None)
+    if meta["source"].get("model_style"):
+        shape += f"; style {meta['source']['model_style']}"
     print(f"wrote {cfg.output} ({size / 1e6:.1f} MB, {meta['kind']}{extra}): {m.get('name')} ({shape}), "
           f"{meta['num_params']:,} params, step {meta['source'].get('step')}")
 

@@ -13,10 +13,19 @@ from nstjax.config import EvaluateConfig, StyleConfig, TrainLossConfig, load, to
 from nstjax.errors import NstjaxError
 
 
-def judged_style_and_loss(cfg: EvaluateConfig, trained: Mapping[str, Any] | None,
-                          where: str) -> tuple[StyleConfig, TrainLossConfig, str]:
-    """The style to judge against, the loss, and the VGG pooling: the model's own (as trained)
-    unless the command names them."""
+def chosen_style_config(style: StyleConfig, chosen: Mapping[str, float] | None) -> StyleConfig:
+    """The training style list of a multi-style network -> the style (or blend) `model_style` chose."""
+    if not chosen:
+        raise NstjaxError("a multi-style network is judged one style at a time: pass model_style=NAME")
+    by_name = dict(zip(style.names(), style.image))
+    return StyleConfig(name="+".join(chosen), image=[by_name[n] for n in chosen],
+                       blend_weights=list(chosen.values()) if len(chosen) > 1 else None)
+
+
+def judged_style_and_loss(cfg: EvaluateConfig, trained: Mapping[str, Any] | None, where: str,
+                          chosen: Mapping[str, float] | None = None) -> tuple[StyleConfig, TrainLossConfig, str]:
+    """The style to judge against, the loss, and the VGG pooling: the model's own (as trained;
+    for a multi-style network the style `chosen` by model_style) unless the command names them."""
     trained = trained or {}
     style = cfg.style
     if style is None:
@@ -24,6 +33,8 @@ def judged_style_and_loss(cfg: EvaluateConfig, trained: Mapping[str, Any] | None
             raise NstjaxError(f"{where} records no training style (e.g. a .pth file): pass style=NAME "
                               "(a preset, optionally with style.image=PATH)")
         style = load(StyleConfig, trained["style"])
+        if style.multi:  # a multi-style network: judged against the style (or mix) chosen
+            style = chosen_style_config(style, chosen)
     loss, pooling = cfg.loss, cfg.vgg.pooling
     if cfg.loss_from_model and "loss" in trained:
         loss = load(TrainLossConfig, trained["loss"])
@@ -59,9 +70,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     for path, what in ((cfg.output, "output"), (cfg.images, "images")):
         if path:
             check_writable(Path(path), what, directory=what == "images")
-    stylizer = load_stylizer(str(cfg.model_path), step=cfg.step)
+    stylizer = load_stylizer(str(cfg.model_path), step=cfg.step, model_style=cfg.model_style)
     style, loss_cfg, pooling = judged_style_and_loss(cfg, stylizer.meta.get("config"),
-                                                     f"model_path {cfg.model_path!r}")
+                                                     f"model_path {cfg.model_path!r}",
+                                                     (stylizer.meta.get("source") or {}).get("model_style"))
     loss = loss_cfg.perceptual()
     names, photos = load_photos(cfg)
     styles = [load_image(assets.resolve(p, assets=cfg.assets_dir, what="style.image"), what="style.image")

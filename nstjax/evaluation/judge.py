@@ -141,9 +141,32 @@ class Judge:
         if not photos or len(photos) != len(outputs):
             raise NstjaxError(f"judge: {len(photos)} photos for {len(outputs)} outputs")
         scores = [self.score(x, y) for x, y in zip(photos, outputs)]
-        out = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
-        own = [self.photo_terms(x) for x in photos]
-        out["photo_style"] = float(np.mean([o["style"] for o in own]))
-        out["photo_palette"] = float(np.mean([o["palette"] for o in own]))
-        out["style_loss_reduction"] = out["photo_style"] / max(out["style"], 1e-30)
-        return out | layout_scores(photos, outputs)
+        return summarise(photos, outputs, scores, [self.photo_terms(x) for x in photos])
+
+
+def summarise(photos: Sequence[np.ndarray], outputs: Sequence[np.ndarray], scores: Sequence[dict[str, float]],
+              own: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Mean terms over photos, the photos' own style/palette losses, the reduction, the layout."""
+    out = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+    out["photo_style"] = float(np.mean([o["style"] for o in own]))
+    out["photo_palette"] = float(np.mean([o["palette"] for o in own]))
+    out["style_loss_reduction"] = out["photo_style"] / max(out["style"], 1e-30)
+    return out | layout_scores(photos, outputs)
+
+
+class StyleJudges:
+    """The judge of a network of several styles: one `Judge` per style, photo i judged
+    against style i mod num_styles (the style the trainer draws it in), one report for all."""
+
+    def __init__(self, judges: Sequence[Judge]) -> None:
+        self.judges = list(judges)
+
+    def grams(self, side: int) -> list[Features]:
+        return [j.grams(side) for j in self.judges]
+
+    def report(self, photos: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> dict[str, float]:
+        if not photos or len(photos) != len(outputs):
+            raise NstjaxError(f"judge: {len(photos)} photos for {len(outputs)} outputs")
+        judge = lambda i: self.judges[i % len(self.judges)]  # noqa: E731
+        scores = [judge(i).score(x, y) for i, (x, y) in enumerate(zip(photos, outputs))]
+        return summarise(photos, outputs, scores, [judge(i).photo_terms(x) for i, x in enumerate(photos)])

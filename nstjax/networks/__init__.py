@@ -6,7 +6,10 @@ mapping NHWC images in [0, 1] to the same shape, a config dataclass (with a `nam
 its own checks in `__post_init__`), a `build(cfg, rngs)` function, and call
 `register_network(...)`; then add `conf/model/<name>.yaml`. For `nstjax.export format=onnx`,
 also pass `onnx=`: a function of (config, flat float32 params) returning an
-`nstjax.ops.onnx_graph.OnnxGraph` (see `johnson_onnx.py`).
+`nstjax.ops.onnx_graph.OnnxGraph` (see `johnson_onnx.py`). A network of several styles
+(`num_styles` > 1 in its config) takes `(images, style_weights)` and passes `select_style=`:
+(config, flat params, weights) -> a single-style (config, params), which every server and
+exporter then handles as any other network.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from nstjax.errors import NstjaxError
@@ -23,7 +27,7 @@ from nstjax.networks import johnson, johnson_onnx
 from nstjax.networks.johnson import JohnsonConfig, TransformerNet
 
 __all__ = ["NETWORKS", "JohnsonConfig", "NetworkSpec", "TransformerNet", "build_network", "count_params",
-           "model_config", "parse_dtype", "register_network"]
+           "fix_style", "model_config", "num_styles", "parse_dtype", "register_network", "style_weights"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +36,7 @@ class NetworkSpec:
     build: Callable[[Any, nnx.Rngs], nnx.Module]
     size_multiple: int = 1  # the network pads inputs to a multiple of this (exporters need it)
     onnx: Callable[[Any, Mapping[str, Any]], Any] | None = None  # (config, params) -> OnnxGraph; None: no ONNX
+    select_style: Callable[[Any, Mapping[str, Any], np.ndarray], tuple[Any, dict[str, Any]]] | None = None
 
 
 #: Registry of feed-forward networks by config `model.name`.
@@ -39,11 +44,13 @@ NETWORKS: dict[str, NetworkSpec] = {}
 
 
 def register_network(name: str, config: type, build: Callable[[Any, nnx.Rngs], nnx.Module],
-                     size_multiple: int = 1, onnx: Callable[[Any, Mapping[str, Any]], Any] | None = None) -> None:
-    NETWORKS[name] = NetworkSpec(config, build, size_multiple, onnx)
+                     size_multiple: int = 1, onnx: Callable[[Any, Mapping[str, Any]], Any] | None = None,
+                     select_style: Callable[..., tuple[Any, dict[str, Any]]] | None = None) -> None:
+    NETWORKS[name] = NetworkSpec(config, build, size_multiple, onnx, select_style)
 
 
-register_network("johnson", JohnsonConfig, johnson.build, johnson.SIZE_MULTIPLE, onnx=johnson_onnx.build_onnx)
+register_network("johnson", JohnsonConfig, johnson.build, johnson.SIZE_MULTIPLE, onnx=johnson_onnx.build_onnx,
+                 select_style=johnson.select_style)
 
 _DTYPES: dict[str, jnp.dtype] = {n: jnp.dtype(n) for n in johnson.DTYPES}
 
@@ -91,3 +98,61 @@ def build_network(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
 def count_params(model: nnx.Module) -> int:
     """Total number of trainable parameter elements."""
     return sum(int(p.size) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def num_styles(cfg: Any) -> int:
+    """How many styles a network's config says it draws (1 unless it is a multi-style network)."""
+    return int(getattr(model_config(cfg), "num_styles", 1))
+
+
+def style_weights(cfg: Any, choice: Any, setting: str = "model_style") -> np.ndarray:
+    """`model_style=` of a multi-style network -> (num_styles,) weights summing to 1.
+
+    `choice`: a style's name or index, or a mapping of names/indices to weights (a mix, e.g.
+    {candy: 0.7, mosaic: 0.3})."""
+    cfg = model_config(cfg)
+    n, names = num_styles(cfg), list(getattr(cfg, "style_names", None) or [])
+    listing = ", ".join(f"{i}={s}" for i, s in enumerate(names)) or f"indices 0..{n - 1}"
+
+    def index(key: Any) -> int:
+        k = str(key).strip()
+        if k in names:
+            return names.index(k)
+        if k.lstrip("-").isdigit() and 0 <= int(k) < n:
+            return int(k)
+        raise NstjaxError(f"{setting}={key!r}: the network's styles are {listing}")
+
+    w = np.zeros(n, np.float32)
+    if isinstance(choice, Mapping):
+        for key, value in choice.items():
+            try:
+                w[index(key)] += float(value)
+            except (TypeError, ValueError):
+                raise NstjaxError(f"{setting}: the weight of {key!r} must be a number, got {value!r}") from None
+        if (w < 0).any() or not w.sum() > 0:
+            raise NstjaxError(f"{setting}: weights must be >= 0 with a positive sum, got {dict(choice)}")
+        return w / w.sum()
+    w[index(choice)] = 1.0
+    return w
+
+
+def fix_style(model: Mapping[str, Any], params: Mapping[str, Any], choice: Any, where: str
+              ) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """(model config, flat params) of a network fixed to the style `choice` (see
+    `style_weights`), and a record of what was chosen; a single-style network is returned as
+    is, and then `choice` must be None."""
+    cfg = model_config(model)
+    n = num_styles(cfg)
+    if n == 1:
+        if choice is not None:
+            raise NstjaxError(f"model_style={choice!r}: {where} draws a single style")
+        return dict(model), dict(params), None
+    if choice is None:
+        names = getattr(cfg, "style_names", None) or list(range(n))
+        raise NstjaxError(f"{where} draws {n} styles; choose one with model_style=NAME|INDEX "
+                          f"(or a mix, model_style={{NAME: W, ...}}): {', '.join(map(str, names))}")
+    w = style_weights(cfg, choice)
+    fixed, out = NETWORKS[cfg.name].select_style(cfg, params, w)
+    names = getattr(cfg, "style_names", None) or [str(i) for i in range(n)]
+    record = {names[i]: round(float(w[i]), 6) for i in np.flatnonzero(w)}
+    return dataclasses.asdict(fixed), out, record

@@ -6,9 +6,11 @@ nearest-upsample + conv instead of transposed convs (no checkerboard artifacts).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, List, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from nstjax.errors import NstjaxError
@@ -32,13 +34,23 @@ class JohnsonConfig:
     num_residual: int = 5  # residual blocks at the 1/4-resolution bottleneck
     dtype: str = "float32"  # compute dtype; params stay float32
     pixel_scale: float = 1.0  # the weights' pixel range: 255 for pytorch/examples' models
+    num_styles: int = 1  # >1: one network for many styles (conditional instance norm), set by style.multi
+    style_names: Optional[List[str]] = None  # the styles' names, in order (num_styles > 1)
 
     def __post_init__(self) -> None:
         try:
             self.width, self.num_residual = float(self.width), int(self.num_residual)
+            self.num_styles = int(self.num_styles)
         except (TypeError, ValueError):
-            raise NstjaxError(f"model.width / model.num_residual must be numbers, got "
-                              f"{self.width!r} / {self.num_residual!r}") from None
+            raise NstjaxError(f"model.width / model.num_residual / model.num_styles must be numbers, got "
+                              f"{self.width!r} / {self.num_residual!r} / {self.num_styles!r}") from None
+        if self.num_styles < 1:
+            raise NstjaxError(f"model.num_styles must be >= 1, got {self.num_styles}")
+        if self.style_names is not None:
+            self.style_names = [str(n) for n in self.style_names]
+            if len(self.style_names) != self.num_styles or len(set(self.style_names)) != self.num_styles:
+                raise NstjaxError(f"model.style_names: expected {self.num_styles} distinct names, "
+                                  f"got {self.style_names}")
         if not self.width > 0:
             raise NstjaxError(f"model.width must be > 0, got {self.width}")
         if self.num_residual < 0:
@@ -143,6 +155,40 @@ class UpsampleConvLayer(nnx.Module):
         return y if bias is None else y + bias
 
 
+class ConditionalInstanceNorm(nnx.Module):
+    """Instance norm with one (scale, bias) row per style (Dumoulin et al. 2017, "A learned
+    representation for artistic style"): `style` (B, num_styles) weights pick a row, or mix
+    rows (a convex mix of rows is the paper's style interpolation). The parameters keep
+    nnx.InstanceNorm's names with a leading style axis, so selecting a style
+    (`select_style`) leaves an ordinary single-style network."""
+
+    def __init__(self, features: int, num_styles: int, *, dtype: jnp.dtype | None) -> None:
+        self.scale = nnx.Param(jnp.ones((num_styles, features), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_styles, features), jnp.float32))
+        self.dtype = dtype
+
+    def __call__(self, x: Array, style: Array) -> Array:
+        xf = x.astype(jnp.float32)  # statistics in float32, two-pass variance, as instance_norm
+        mean = xf.mean(axis=(1, 2), keepdims=True)
+        var = jnp.square(xf - mean).mean(axis=(1, 2), keepdims=True)
+        style = style.astype(jnp.float32)
+        scale = (style @ self.scale[...])[:, None, None, :]
+        bias = (style @ self.bias[...])[:, None, None, :]
+        y = (xf - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias
+        return y.astype(self.dtype or x.dtype)
+
+
+def norm_layer(features: int, num_styles: int, *, dtype: jnp.dtype | None,
+               rngs: nnx.Rngs) -> nnx.Module:
+    if num_styles == 1:
+        return instance_norm(features, dtype=dtype, rngs=rngs)
+    return ConditionalInstanceNorm(features, num_styles, dtype=dtype)
+
+
+def apply_norm(norm: nnx.Module, x: Array, style: Array | None) -> Array:
+    return norm(x, style) if isinstance(norm, ConditionalInstanceNorm) else norm(x)
+
+
 def instance_norm(features: int, *, dtype: jnp.dtype | None, rngs: nnx.Rngs) -> nnx.InstanceNorm:
     """Affine instance norm, eps 1e-5 (as torch.nn.InstanceNorm2d).
 
@@ -163,15 +209,15 @@ def instance_norm(features: int, *, dtype: jnp.dtype | None, rngs: nnx.Rngs) -> 
 class ResidualBlock(nnx.Module):
     """conv3-IN-ReLU-conv3-IN plus identity skip (no ReLU after the sum, as in Gross & Wilber)."""
 
-    def __init__(self, features: int, *, dtype: jnp.dtype | None, rngs: nnx.Rngs) -> None:
+    def __init__(self, features: int, *, num_styles: int = 1, dtype: jnp.dtype | None, rngs: nnx.Rngs) -> None:
         self.conv1 = ConvLayer(features, features, 3, dtype=dtype, rngs=rngs)
-        self.in1 = instance_norm(features, dtype=dtype, rngs=rngs)
+        self.in1 = norm_layer(features, num_styles, dtype=dtype, rngs=rngs)
         self.conv2 = ConvLayer(features, features, 3, dtype=dtype, rngs=rngs)
-        self.in2 = instance_norm(features, dtype=dtype, rngs=rngs)
+        self.in2 = norm_layer(features, num_styles, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: Array) -> Array:
-        y = nnx.relu(self.in1(self.conv1(x)))
-        y = self.in2(self.conv2(y))
+    def __call__(self, x: Array, style: Array | None = None) -> Array:
+        y = nnx.relu(apply_norm(self.in1, self.conv1(x), style))
+        y = apply_norm(self.in2, self.conv2(y), style)
         return x + y
 
 
@@ -193,9 +239,11 @@ class TransformerNet(nnx.Module):
         num_residual: int = 5,
         dtype: jnp.dtype | None = jnp.float32,
         pixel_scale: float = 1.0,
+        num_styles: int = 1,
         rngs: nnx.Rngs,
     ) -> None:
         self.pixel_scale = float(pixel_scale)
+        self.num_styles = int(num_styles)
         # Non-partitionable threefry: XLA:CPU compiles the partitionable RNG slowly for every
         # kernel shape, and init is not sharded anyway (only which numbers are drawn changes).
         with jax.threefry_partitionable(False):
@@ -209,17 +257,17 @@ class TransformerNet(nnx.Module):
         self.num_residual = num_residual
         self.dtype = dtype
         self.conv1 = ConvLayer(3, c1, 9, dtype=dtype, rngs=rngs)
-        self.in1 = instance_norm(c1, dtype=dtype, rngs=rngs)
+        self.in1 = norm_layer(c1, self.num_styles, dtype=dtype, rngs=rngs)
         self.conv2 = ConvLayer(c1, c2, 3, stride=2, dtype=dtype, rngs=rngs)
-        self.in2 = instance_norm(c2, dtype=dtype, rngs=rngs)
+        self.in2 = norm_layer(c2, self.num_styles, dtype=dtype, rngs=rngs)
         self.conv3 = ConvLayer(c2, c3, 3, stride=2, dtype=dtype, rngs=rngs)
-        self.in3 = instance_norm(c3, dtype=dtype, rngs=rngs)
-        blocks = [ResidualBlock(c3, dtype=dtype, rngs=rngs) for _ in range(num_residual)]
+        self.in3 = norm_layer(c3, self.num_styles, dtype=dtype, rngs=rngs)
+        blocks = [ResidualBlock(c3, num_styles=self.num_styles, dtype=dtype, rngs=rngs) for _ in range(num_residual)]
         self.res = nnx.List(blocks)
         self.deconv1 = UpsampleConvLayer(c3, c2, 3, dtype=dtype, rngs=rngs)
-        self.in4 = instance_norm(c2, dtype=dtype, rngs=rngs)
+        self.in4 = norm_layer(c2, self.num_styles, dtype=dtype, rngs=rngs)
         self.deconv2 = UpsampleConvLayer(c2, c1, 3, dtype=dtype, rngs=rngs)
-        self.in5 = instance_norm(c1, dtype=dtype, rngs=rngs)
+        self.in5 = norm_layer(c1, self.num_styles, dtype=dtype, rngs=rngs)
         self.deconv3 = ConvLayer(
             c1,
             3,
@@ -230,27 +278,33 @@ class TransformerNet(nnx.Module):
             rngs=rngs,
         )
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, style: Array | None = None) -> Array:
         """Stylize a (B, H, W, 3) batch; any H, W >= 1; returns float32 of the same shape.
 
         The input is reflect-padded to a multiple of 4 first, so every stage is exactly H/2,
         H/4 (the geometry the net trains at), and the crop removes exactly what was added.
+        A network of several styles also takes `style`: (B, num_styles) weights per image
+        (one-hot: that style; a convex mix: the styles interpolated).
         """
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected an NHWC RGB batch (B, H, W, 3), got shape {x.shape}")
+        if self.num_styles > 1 and (style is None or style.shape != (x.shape[0], self.num_styles)):
+            raise ValueError(f"a network of {self.num_styles} styles needs style weights of shape "
+                             f"({x.shape[0]}, {self.num_styles}), got "
+                             f"{None if style is None else style.shape}")
         x, crop = pad_to_multiple(x, SIZE_MULTIPLE, jnp)
         if self.pixel_scale != 1.0:
             x = x * self.pixel_scale
         if self.dtype is not None:
             x = x.astype(self.dtype)
 
-        y = nnx.relu(self.in1(self.conv1(x)))
-        y = nnx.relu(self.in2(self.conv2(y)))
-        y = nnx.relu(self.in3(self.conv3(y)))
+        y = nnx.relu(apply_norm(self.in1, self.conv1(x), style))
+        y = nnx.relu(apply_norm(self.in2, self.conv2(y), style))
+        y = nnx.relu(apply_norm(self.in3, self.conv3(y), style))
         for block in self.res:
-            y = block(y)
-        y = nnx.relu(self.in4(self.deconv1(y)))
-        y = nnx.relu(self.in5(self.deconv2(y)))
+            y = block(y, style)
+        y = nnx.relu(apply_norm(self.in4, self.deconv1(y), style))
+        y = nnx.relu(apply_norm(self.in5, self.deconv2(y), style))
         y = self.deconv3(y)
         y = crop(y).astype(jnp.float32)
         return y / self.pixel_scale if self.pixel_scale != 1.0 else y
@@ -258,4 +312,18 @@ class TransformerNet(nnx.Module):
 
 def build(cfg: JohnsonConfig, rngs: nnx.Rngs) -> TransformerNet:
     return TransformerNet(width=cfg.width, num_residual=cfg.num_residual, dtype=jnp.dtype(cfg.dtype),
-                          pixel_scale=cfg.pixel_scale, rngs=rngs)
+                          pixel_scale=cfg.pixel_scale, num_styles=cfg.num_styles, rngs=rngs)
+
+
+def select_style(cfg: JohnsonConfig, params: dict[str, Any], weights: np.ndarray
+                 ) -> tuple[JohnsonConfig, dict[str, Any]]:
+    """A network of several styles, fixed to one style (or a mix: `weights`, (num_styles,)),
+    as an ordinary single-style network: each conditional norm's rows mixed into one. Exact:
+    the norm is linear in its rows, so the result computes what `style=weights` computes."""
+    w = np.asarray(weights, np.float32)
+    out = {}
+    for name, value in params.items():
+        leaf = name.rsplit("/", 1)[-1]
+        is_norm = name.split("/")[-2].startswith("in") and leaf in ("scale", "bias")
+        out[name] = (w @ np.asarray(value, np.float32)).astype(np.asarray(value).dtype) if is_norm else value
+    return dataclasses.replace(cfg, num_styles=1, style_names=None), out

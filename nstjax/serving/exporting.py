@@ -18,9 +18,10 @@ from nstjax.serving.stylizer import runner_for
 
 def export_model(source: str | os.PathLike, output: str | os.PathLike, *, step: int | str | None = None,
                  kind: str = "params", platforms: list[str] | None = None,
-                 params_dtype: str = "float32") -> dict[str, Any]:
+                 params_dtype: str = "float32", model_style: Any = None) -> dict[str, Any]:
     """Checkpoint dir (or artifact, or .pth) -> artifact file of format `kind`, or the file of a
-    file format (e.g. `.onnx`). Returns the header written."""
+    file format (e.g. `.onnx`). Returns the header written. A multi-style network exports whole
+    as params, or fixed to `model_style` (a name, an index or a mix) in any format."""
     if kind not in FORMATS:
         raise NstjaxError(f"format: expected one of {', '.join(FORMATS)}, got {kind!r}")
     out = Path(str(output))
@@ -30,7 +31,7 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, *, step: 
     import flax  # after the checks: a wrong name fails before jax starts
     import jax
 
-    params, model_cfg, src = load_source(source, step, "checkpoint")
+    params, model_cfg, src = load_source(source, step, "checkpoint", model_style, keep_all=kind == "params")
     runner = runner_for(model_cfg)
     runner.check(params, f"checkpoint {source}", CHECKPOINT_HINT)
     params = {n: np.asarray(params[n]) for n in runner.names}

@@ -146,7 +146,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     target = check_output(src, Path(str(cfg.input)).expanduser(), out)
     check_writable(out, "output", directory=target == "dir")
     stylizer = load_stylizer(str(cfg.model_path), step=cfg.step, use_compiled_format=cfg.stablehlo,
-                              dtype=cfg.dtype)
+                              dtype=cfg.dtype, model_style=cfg.model_style)
 
     if src.kind == "video" and target == "video":
         return _video_to_video(cfg, src, out, stylizer)

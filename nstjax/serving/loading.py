@@ -56,10 +56,30 @@ def _computing_in(model: Mapping[str, Any], dtype: str | None) -> dict[str, Any]
     return {**model, "dtype": want}
 
 
-def load_source(path: str | os.PathLike, step: int | str | None,
-                what: str) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+def chosen_style(params: Mapping[str, Any], model: Mapping[str, Any], source: dict[str, Any], choice: Any,
+                 where: str, keep_all: bool = False) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A multi-style network fixed to `model_style=choice` (a name, an index or a mix), as an
+    ordinary single-style network; the choice is recorded in the source info. `keep_all`: a
+    multi-style network with no choice stays whole (a params artifact of every style)."""
+    from nstjax.networks import fix_style, num_styles
+
+    if choice is None and keep_all and num_styles(model) > 1:
+        return dict(params), dict(model), source
+    model, params, record = fix_style(model, params, choice, where)
+    return params, model, source if record is None else {**source, "model_style": record}
+
+
+def load_source(path: str | os.PathLike, step: int | str | None, what: str, model_style: Any = None,
+                keep_all: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     """(flat params, model config, source info incl. the training config) from a checkpoint
-    directory (or a run directory holding `checkpoints/`) or an artifact file."""
+    directory (or a run directory holding `checkpoints/`), an artifact file or a .pth file;
+    a multi-style network fixed to `model_style` (`chosen_style`)."""
+    params, model, source = _load_source(path, step, what)
+    return chosen_style(params, model, source, model_style, f"{what} {str(path)!r}", keep_all)
+
+
+def _load_source(path: str | os.PathLike, step: int | str | None,
+                 what: str) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     p = Path(str(path)).expanduser()
     if not p.exists():
         raise NstjaxError(
@@ -98,10 +118,11 @@ def _file_format(p: Path) -> Any:
 
 
 def load_artifact(path: str | os.PathLike, *, use_compiled_format: bool = True,
-                  dtype: str | None = None) -> Stylizer:
+                  dtype: str | None = None, model_style: Any = None) -> Stylizer:
     """An artifact file -> Stylizer. Its format's own loader runs it (e.g. the serialized
     StableHLO function) unless `use_compiled_format=False` or a compute `dtype` other than the
-    one it was exported with is asked for: then the flax network is rebuilt from its params."""
+    one it was exported with is asked for: then the flax network is rebuilt from its params.
+    A multi-style artifact is fixed to `model_style` first (`chosen_style`)."""
     from nstjax.serving.formats import FORMATS
 
     p = Path(str(path)).expanduser()
@@ -110,10 +131,14 @@ def load_artifact(path: str | os.PathLike, *, use_compiled_format: bool = True,
     if kind not in FORMATS:
         raise NstjaxError(f"model artifact {str(p)!r}: unknown kind {kind!r}; known: {', '.join(FORMATS)}")
     fmt = FORMATS[kind]
-    model = _computing_in(meta["model"], dtype)
-    if fmt.load is not None and use_compiled_format and model["dtype"] == meta["model"].get("dtype", "float32"):
-        return fmt.load(params, meta, payloads, p)
     where = f"model artifact {str(p)!r}"
+    params, fixed, src = chosen_style(params, meta["model"], dict(meta.get("source") or {}), model_style, where)
+    styled = fixed != meta["model"]
+    meta = {**meta, "model": fixed, "source": src}
+    model = _computing_in(fixed, dtype)
+    if (fmt.load is not None and use_compiled_format and not styled
+            and model["dtype"] == meta["model"].get("dtype", "float32")):
+        return fmt.load(params, meta, payloads, p)
     runner = runner_for(model)
     runner.check(params, where, ARTIFACT_HINT)
     return Stylizer(runner.serve, params, meta={**meta, "model": model}, backend="params",
@@ -121,7 +146,7 @@ def load_artifact(path: str | os.PathLike, *, use_compiled_format: bool = True,
 
 
 def load_stylizer(path: str | os.PathLike, *, step: int | str | None = None, use_compiled_format: bool = True,
-                  dtype: str | None = None) -> Stylizer:
+                  dtype: str | None = None, model_style: Any = None) -> Stylizer:
     """Any artifact, training checkpoint directory, .pth or exported .onnx -> a callable `Stylizer`
     (for .onnx an `OnnxStylizer`, with the same interface, run by ONNX Runtime).
 
@@ -130,10 +155,12 @@ def load_stylizer(path: str | os.PathLike, *, step: int | str | None = None, use
         fast = nstjax.load_stylizer("mosaic.nstjax.npz", dtype="auto")   # bfloat16 on a GPU
 
     `dtype` is the compute dtype (`compute_dtype`): None as trained, "auto", or one named.
+    A network of several styles (trained with `style.multi=true`) needs `model_style`: a
+    style's name or index, or a mix such as {"candy": 0.7, "mosaic": 0.3}.
     """
     p = Path(str(path)).expanduser()
     if p.is_dir():
-        params, model_cfg, src = load_source(p, step, "model_path")
+        params, model_cfg, src = load_source(p, step, "model_path", model_style)
         model_cfg = _computing_in(model_cfg, dtype)
         where = f"checkpoint {p}"
         runner = runner_for(model_cfg)
@@ -153,13 +180,16 @@ def load_stylizer(path: str | os.PathLike, *, step: int | str | None = None, use
         if dtype not in (None, "model", "auto") and compute_dtype(dtype, {}) != "float32":
             raise NstjaxError(f"dtype={dtype}: {str(p)!r} runs as exported, in float32; dtype= applies to "
                               ".npz artifacts, checkpoints and .pth files (use dtype=auto or float32 here)")
+        if model_style is not None:
+            raise NstjaxError(f"model_style={model_style!r}: {str(p)!r} draws the one style it was exported "
+                              "with; export the style wanted from the multi-style checkpoint or .npz")
         return fmt.opener(p)
     if p.suffix.lower() in TORCH_SUFFIXES:
-        params, model_cfg, src = load_source(p, None, "model_path")
+        params, model_cfg, src = load_source(p, None, "model_path", model_style)
         model_cfg = _computing_in(model_cfg, dtype)
         runner = runner_for(model_cfg)
         runner.check(params, f"torch state dict {str(p)!r}", "is it pytorch/examples' TransformerNet?")
         return Stylizer(runner.serve, {n: params[n] for n in runner.names},
                         meta={"kind": "torch", "model": model_cfg, "source": src}, backend="params",
                         fold_params=True, cache=runner.executables)
-    return load_artifact(p, use_compiled_format=use_compiled_format, dtype=dtype)
+    return load_artifact(p, use_compiled_format=use_compiled_format, dtype=dtype, model_style=model_style)

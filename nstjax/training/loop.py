@@ -37,13 +37,21 @@ def at_style_size(styles: list[np.ndarray], style_size: int | None) -> list[np.n
     return [resize(s, fit_size(s.shape[:2], style_size)) if style_size else s for s in styles]
 
 
+def stack_targets(per_style: list[Any]) -> Any:
+    """Style targets of each style -> one pytree whose leaves have a leading style axis."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *per_style)
+
+
 def validation_report(trainer: Any, judge: Any, photos: dict[int, np.ndarray]
                       ) -> tuple[dict[int, dict[str, float]], dict[int, np.ndarray]]:
     """The network's outputs at every validation size, judged there (long side -> terms,
     layout), and the outputs themselves."""
     report, outputs = {}, {}
-    for side, xs in photos.items():
-        outputs[side] = np.stack([trainer.stylize(x[None])[0] for x in xs])  # one at a time: 1024 px fits
+    for side, xs in photos.items():  # one at a time: 1024 px fits; photo i in style i (multi-style)
+        outputs[side] = np.stack([trainer.stylize(x[None], first_style=i)[0] for i, x in enumerate(xs)])
         report[side] = judge.report(list(xs), list(outputs[side]))
     return report, outputs
 
@@ -74,7 +82,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     from nstjax.image import save_image
     from nstjax.networks import build_network, parse_dtype
     from nstjax.perceptual import Encoder
-    from nstjax.evaluation.judge import Judge
+    from nstjax.evaluation.judge import Judge, StyleJudges
     from nstjax.tracking import Tracker
     from nstjax.training import distributed
     from nstjax.training.checkpoint import Checkpointer, check_writable_name
@@ -118,9 +126,15 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     tx, schedule = make_optimizer(t.lr, steps, t.lr_schedule, t.warmup, t.clip_norm or None)
     encoder = Encoder(vgg, loss.layers)
     blend = cfg.style.blend_weights or None
-    grams = loss.style_targets(encoder, at_style_size(styles, cfg.loss.style_size), blend)
-    trainer = Trainer(model, encoder, loss, tx, grams, mesh)
-    judge = Judge(encoder, loss, styles, blend, encoder_params=trainer.consts[0], sharding=trainer.repl)
+    sized = at_style_size(styles, cfg.loss.style_size)
+    if cfg.style.multi:  # one network, each image its own style: targets stacked on a style axis
+        grams = stack_targets([loss.style_targets(encoder, [s]) for s in sized])
+    else:
+        grams = loss.style_targets(encoder, sized, blend)
+    trainer = Trainer(model, encoder, loss, tx, grams, mesh, num_styles=len(styles) if cfg.style.multi else 1)
+    judge_for = lambda ss, b: Judge(encoder, loss, ss, b, encoder_params=trainer.consts[0],  # noqa: E731
+                                    sharding=trainer.repl)
+    judge = StyleJudges([judge_for([s], None) for s in styles]) if cfg.style.multi else judge_for(styles, blend)
     for side in val_at:
         judge.grams(side)  # a style image too small for a size fails here, before training
     check_free_space(t.ckpt_dir, trainer.state(jax.random.key(0)))
@@ -202,7 +216,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
         with GracefulStop() as stop:
             stopping = False  # the processes of a multi-process run agree on it at log steps
             for step in range(start + 1, steps + 1):
-                terms = trainer.step(next(it))
+                terms = trainer.step(next(it), step)
                 flags.append((step, terms["nonfinite"]))  # stays on the device until the log step
                 if procs == 1:
                     stopping = stop.requested

@@ -4,6 +4,11 @@ The train step is one jit-compiled function over a 1-D device mesh with axis 'da
 is sharded over every local device (NamedSharding), parameters and optimizer state are
 replicated, and XLA's SPMD partitioner inserts the gradient all-reduce (a mean over the
 global batch), so one step on N devices equals the same global batch on one device.
+
+A network of several styles (conditional instance norm, `style.multi=true`) draws style
+`(step * B + i) mod num_styles` for image i of step `step`'s batch: every style gets the same
+share of the images, and each image is judged against its own style's targets (stacked
+along a leading style axis).
 """
 from __future__ import annotations
 
@@ -56,10 +61,11 @@ class Trainer:
     """Holds the compiled, sharded train step and the model's graph definition."""
 
     def __init__(self, model: nnx.Module, encoder: Encoder, loss: PerceptualLoss, tx: optax.GradientTransformation,
-                 grams: Mapping[str, jax.Array], mesh: Mesh):
+                 grams: Mapping[str, jax.Array], mesh: Mesh, num_styles: int = 1):
         if not loss.style_layers:
             raise NstjaxError("loss.style_layers: a style network needs at least one style layer")
         self.loss = loss
+        self.num_styles = int(num_styles)  # > 1: `grams` leaves have a leading style axis
         self.encoder = encoder
         self.mesh = mesh
         self.tx = tx
@@ -70,7 +76,7 @@ class Trainer:
         self.opt_state = jax.device_put(tx.init(self.params), self.repl)
         self.consts = jax.device_put((encoder.params, dict(grams)), self.repl)
         self._step = jax.jit(self._train_step, donate_argnums=(0, 1),
-                             in_shardings=(self.repl, self.repl, self.data_sharding, self.repl),
+                             in_shardings=(self.repl, self.repl, self.data_sharding, self.repl, self.repl),
                              out_shardings=(self.repl, self.repl, self.repl))
         self._eval = jax.jit(self._eval_terms, in_shardings=(self.repl, self.data_sharding, self.repl),
                              out_shardings=self.repl)
@@ -78,30 +84,50 @@ class Trainer:
         self._photo_style = jax.jit(self._photo_terms)
 
     # ---- pure functions (traced once) -------------------------------------------------
-    def _apply(self, params, x):
-        return nnx.merge(self.graphdef, params)(x)
+    def style_ids(self, first: Any, batch: int) -> jax.Array:
+        """The styles of a batch's images: (first + i) mod num_styles."""
+        return (first + jnp.arange(batch, dtype=jnp.int32)) % self.num_styles
 
-    def _terms(self, params, x, consts) -> dict[str, jax.Array]:
+    def _apply(self, params, x, first_style=0):
+        model = nnx.merge(self.graphdef, params)
+        if self.num_styles == 1:
+            return model(x)
+        return model(x, jax.nn.one_hot(self.style_ids(first_style, x.shape[0]), self.num_styles))
+
+    def _evaluate(self, y, fy, fx, grams, first_style) -> dict[str, jax.Array]:
+        """The objective of a batch: per image against its own style's targets when there
+        are several styles (the mean over images, as the single-style batch objective)."""
+        if self.num_styles == 1:
+            return self.loss.evaluate(y, fy, Targets(fx, grams))
+        own = jax.tree.map(lambda g: g[self.style_ids(first_style, y.shape[0])], grams)
+        one = lambda a: a[:, None]  # noqa: E731  (B, ...) -> (B, 1, ...): a batch of one per image
+        terms = jax.vmap(lambda y1, fy1, fx1, g1: self.loss.evaluate(y1, fy1, Targets(fx1, g1)))(
+            one(y), jax.tree.map(one, fy), jax.tree.map(one, fx), own)
+        return jax.tree.map(jnp.mean, terms)
+
+    def _terms(self, params, x, consts, first_style=0) -> dict[str, jax.Array]:
         encoder_params, grams = consts
-        y = self._apply(params, x)
+        y = self._apply(params, x, first_style)
         fy = self.encoder(encoder_params, y, self.loss.layers)  # one pass for every loss on y
         # Content targets: the photo's own features, a shallow pass only.
         names = self.loss.content_names
         fx = jax.lax.stop_gradient(self.encoder(encoder_params, x, names)) if names else {}
-        return self.loss.evaluate(y, fy, Targets(fx, grams))
+        return self._evaluate(y, fy, fx, grams, first_style)
 
     def _photo_terms(self, x, consts) -> dict[str, jax.Array]:
         encoder_params, grams = consts
         fx = self.encoder(encoder_params, x, self.loss.layers)
-        return self.loss.evaluate(x, fx, Targets(fx, grams))
+        return self._evaluate(x, fx, fx, grams, 0)
 
-    def _train_step(self, params, opt_state, x, consts):
+    def _train_step(self, params, opt_state, x, consts, step):
+        first_style = step * x.shape[0]  # unused (traced away) for a single-style network
+
         def f(p):
-            t = self._terms(p, x, consts)
+            t = self._terms(p, x, consts, first_style)
             return t["total"], t
 
         (_, terms), grads = jax.value_and_grad(f, has_aux=True)(params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         # A non-finite loss or gradient skips the update on the device: no host sync per step,
         # and the parameters (hence every checkpoint) stay finite.
         finite = jnp.isfinite(terms["total"]) & jnp.isfinite(grad_norm)
@@ -116,17 +142,21 @@ class Trainer:
         return self._terms(params, x, consts)
 
     # ---- stateful API -----------------------------------------------------------------
-    def step(self, batch: jax.Array) -> dict[str, jax.Array]:
-        """One optimizer step on a global batch (sharded over 'data'). Returns device scalars."""
-        self.params, self.opt_state, terms = self._step(self.params, self.opt_state, batch, self.consts)
+    def step(self, batch: jax.Array, index: int = 0) -> dict[str, jax.Array]:
+        """Optimizer step number `index` on a global batch (sharded over 'data'): the step
+        number picks the styles of a multi-style network's images. Returns device scalars."""
+        self.params, self.opt_state, terms = self._step(self.params, self.opt_state, batch, self.consts,
+                                                        np.int32(index % max(self.num_styles, 1)))
         return terms
 
     def evaluate(self, batch: jax.Array) -> dict[str, float]:
         return {k: float(v) for k, v in self._eval(self.params, batch, self.consts).items()}
 
-    def stylize(self, images: np.ndarray) -> np.ndarray:
-        """The network's outputs for host images (the same on every process), on every process."""
-        return np.clip(np.asarray(self._stylize(self.params, jax.device_put(images, self.repl))), 0.0, 1.0)
+    def stylize(self, images: np.ndarray, first_style: int = 0) -> np.ndarray:
+        """The network's outputs for host images (the same on every process), on every process;
+        a multi-style network draws image i in style (first_style + i) mod num_styles."""
+        x = jax.device_put(images, self.repl)
+        return np.clip(np.asarray(self._stylize(self.params, x, np.int32(first_style))), 0.0, 1.0)
 
     def put_batch(self, batch: np.ndarray) -> jax.Array:
         """A global batch that every process holds whole (e.g. the validation photos)."""
