@@ -147,12 +147,11 @@ def fix_style(model: Mapping[str, Any], params: Mapping[str, Any], choice: Any, 
         if choice is not None:
             raise NstjaxError(f"model_style={choice!r}: {where} draws a single style")
         return dict(model), dict(params), None
+    names = getattr(cfg, "style_names", None) or [str(i) for i in range(n)]
     if choice is None:
-        names = getattr(cfg, "style_names", None) or list(range(n))
         raise NstjaxError(f"{where} draws {n} styles; choose one with model_style=NAME|INDEX "
-                          f"(or a mix, model_style={{NAME: W, ...}}): {', '.join(map(str, names))}")
+                          f"(or a mix, model_style={{NAME: W, ...}}): {', '.join(names)}")
     w = style_weights(cfg, choice)
     fixed, out = NETWORKS[cfg.name].select_style(cfg, params, w)
-    names = getattr(cfg, "style_names", None) or [str(i) for i in range(n)]
     record = {names[i]: round(float(w[i]), 6) for i in np.flatnonzero(w)}
     return dataclasses.asdict(fixed), out, record

@@ -322,8 +322,7 @@ def select_style(cfg: JohnsonConfig, params: dict[str, Any], weights: np.ndarray
     the norm is linear in its rows, so the result computes what `style=weights` computes."""
     w = np.asarray(weights, np.float32)
     out = {}
-    for name, value in params.items():
-        leaf = name.rsplit("/", 1)[-1]
-        is_norm = name.split("/")[-2].startswith("in") and leaf in ("scale", "bias")
-        out[name] = (w @ np.asarray(value, np.float32)).astype(np.asarray(value).dtype) if is_norm else value
+    for name, value in params.items():  # the conditional norms' rows are the only 2-D scale/bias leaves
+        is_row_table = name.rsplit("/", 1)[-1] in ("scale", "bias") and np.ndim(value) == 2
+        out[name] = (w @ np.asarray(value, np.float32)).astype(np.asarray(value).dtype) if is_row_table else value
     return dataclasses.replace(cfg, num_styles=1, style_names=None), out
