@@ -26,7 +26,7 @@ test: export NPROC ?= 8
 # Two workers at most, a module each: the tests are mostly single-threaded (compiles, subprocess
 # start-up) and each worker holds a few GB.
 test: install
-	$(PY) -m pytest -q -n auto --maxprocesses=2 --dist loadfile --no-loadscope-reorder tests
+	$(PY) -m pytest -q --durations=15 -n auto --maxprocesses=2 --dist loadfile --no-loadscope-reorder tests
 
 bench-gatys: install
 	bash benchmarks/setup_torch_env.sh

@@ -96,6 +96,7 @@ class LossConfig:
     palette_weight: float = 0.0  # the style's colours (sliced Wasserstein in RGB); 0: off, no cost
     patch_palette_weight: float = 0.0  # the same on 4x4-averaged blocks: colours held over patches
     sw_style_weight: float = 0.0  # the style layers' whole feature distributions (sliced Wasserstein)
+    moments_weight: float = 0.0  # the style layers' channel means and deviations (Huang & Belongie 2017)
 
     def perceptual(self):  # -> nstjax.perceptual.PerceptualLoss (validates layers and weights)
         from nstjax.perceptual import PerceptualLoss
@@ -323,7 +324,20 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from nstjax.networks import model_config
 
+        from nstjax.networks import NETWORKS
+
         self.model = model_config(self.model)
+        if NETWORKS[self.model.name].any_style:  # learns from a list of styles; no per-style rows
+            if not self.style.multi:
+                raise NstjaxError(f"model.name={self.model.name} learns to stylize with any style image from "
+                                  "several: set style.multi=true with two or more images (e.g. style=presets)")
+            if getattr(self.model, "fixed_style", False):
+                raise NstjaxError("model.fixed_style=true: a network with a style folded in does not train")
+            if getattr(self.model, "content_target", None) == "adain" and list(self.loss.content_layers) != ["relu4_1"]:
+                raise NstjaxError(f"model.content_target=adain judges content at relu4_1 only, but loss.content_layers="
+                                  f"{list(self.loss.content_layers)}: set loss.content_layers=[relu4_1] (experiment=adain "
+                                  "does) or model.content_target=photo")
+            return
         n = len(self.style.image) if self.style.multi else 1
         have = int(getattr(self.model, "num_styles", 1))
         if n > 1:  # the network's style count and names come from the style list

@@ -235,6 +235,25 @@ def sliced_wasserstein_loss(f: jax.Array, quantiles: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(p - matched)) / (jnp.mean(jnp.var(quantiles, axis=0)) + 1e-6)
 
 
+def feature_moments(feats: Features) -> dict[str, dict[str, np.ndarray]]:
+    """Style-layer features of one style image, (1, H, W, C) each -> per layer, the channel
+    means and standard deviations, (C,) each."""
+    out = {}
+    for name, f in feats.items():
+        f = np.asarray(f, np.float32).reshape(-1, np.shape(f)[-1])
+        out[name] = {"mean": f.mean(0), "std": np.sqrt(f.var(0) + 1e-5)}
+    return out
+
+
+def moment_loss(f: jax.Array, target: Mapping[str, jax.Array]) -> jax.Array:
+    """Huang & Belongie's style loss at one layer: mean squared differences of the (B, H, W, C)
+    features' channel means and standard deviations from the style's."""
+    f = f.astype(jnp.float32)
+    mean = f.mean(axis=(1, 2))
+    std = jnp.sqrt(jnp.square(f - mean[:, None, None]).mean(axis=(1, 2)) + 1e-5)
+    return mse(mean, target["mean"]) + mse(std, target["std"])
+
+
 def tv_loss(rgb01: jax.Array) -> jax.Array:
     """Squared total variation of the image on the 0..255 scale: mean(dy^2) + mean(dx^2)."""
     y = rgb01 * 255.0
@@ -281,3 +300,11 @@ def sw_style_term(t: TermInputs) -> jax.Array:
         return jnp.zeros((), jnp.float32)
     targets = t.style_targets["sw_style"]
     return sum(sliced_wasserstein_loss(t.feats[k], targets[k]) for k in t.style_layers) / len(t.style_layers)
+
+
+@term("moments", feature_statistic=feature_moments)
+def moments_term(t: TermInputs) -> jax.Array:
+    if not t.style_layers:
+        return jnp.zeros((), jnp.float32)
+    targets = t.style_targets["moments"]
+    return sum(w * moment_loss(t.feats[k], targets[k]) for k, w in t.style_layers.items())

@@ -65,7 +65,7 @@ def image(assets: Path) -> Callable[[str, int], np.ndarray]:
 # `make test` runs the modules on two workers (pytest-xdist, a module per worker: their fixtures are
 # built once). The modules whose tests start training runs in subprocesses take most of the time:
 # handed out first, the short modules then even out the workers' ends.
-SLOW_FIRST = ("test_evaluate", "test_train_resume", "test_faults", "test_train", "test_distributed",
+SLOW_FIRST = ("test_evaluate", "test_adain", "test_train_resume", "test_faults", "test_train", "test_distributed",
               "test_export_infer", "test_stylize_cli", "test_gatys", "test_multi_style")
 
 

@@ -17,8 +17,8 @@ def chosen_style_config(style: StyleConfig, chosen: Mapping[str, float] | None) 
     """The training style list of a multi-style network -> the style (or blend) `model_style` chose."""
     if not chosen:
         raise NstjaxError("a multi-style network is judged one style at a time: pass model_style=NAME")
-    by_name = dict(zip(style.names(), style.image))
-    return StyleConfig(name="+".join(chosen), image=[by_name[n] for n in chosen],
+    by_name = dict(zip(style.names(), style.image))  # an any-style network's choice is a path itself
+    return StyleConfig(name="+".join(Path(n).stem for n in chosen), image=[by_name.get(n, n) for n in chosen],
                        blend_weights=list(chosen.values()) if len(chosen) > 1 else None)
 
 

@@ -58,15 +58,24 @@ def _computing_in(model: Mapping[str, Any], dtype: str | None) -> dict[str, Any]
 
 def chosen_style(params: Mapping[str, Any], model: Mapping[str, Any], source: dict[str, Any], choice: Any,
                  where: str, keep_all: bool = False) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """A multi-style network fixed to `model_style=choice` (a name, an index or a mix), as an
-    ordinary single-style network; the choice is recorded in the source info. `keep_all`: a
-    multi-style network with no choice stays whole (a params artifact of every style)."""
-    from nstjax.networks import fix_style, num_styles
+    """A multi-style network fixed to `model_style=choice` (a name, an index or a mix), or an
+    any-style network to a style image (a path or a mix {path: weight}), as an ordinary
+    single-style network; the choice is recorded in the source info. `keep_all`: such a
+    network with no choice stays whole (a params artifact of every style)."""
+    from nstjax.networks import fix_style, needs_style
 
-    if choice is None and keep_all and num_styles(model) > 1:
+    if choice is None and keep_all and needs_style(model):
         return dict(params), dict(model), source
-    model, params, record = fix_style(model, params, choice, where)
+    model, params, record = fix_style(model, params, choice, where, load_style=read_style_image)
     return params, model, source if record is None else {**source, "model_style": record}
+
+
+def read_style_image(path: str) -> np.ndarray:
+    """A `model_style=` style image: a path, or an asset name under $NSTJAX_ASSETS."""
+    from nstjax import assets
+    from nstjax.image import load_image
+
+    return load_image(assets.resolve(path, what="model_style"), what="model_style")
 
 
 def load_source(path: str | os.PathLike, step: int | str | None, what: str, model_style: Any = None,

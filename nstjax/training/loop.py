@@ -80,7 +80,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     from tqdm import tqdm
 
     from nstjax.image import save_image
-    from nstjax.networks import build_network, parse_dtype
+    from nstjax.networks import NETWORKS, build_network, parse_dtype
     from nstjax.perceptual import Encoder
     from nstjax.evaluation.judge import Judge, StyleJudges
     from nstjax.tracking import Tracker
@@ -123,6 +123,9 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     vgg = load_vgg19(cfg.vgg.weights, pooling=cfg.vgg.pooling, dtype=parse_dtype(cfg.model.dtype),
                      assets_dir=cfg.assets_dir, conv_impl=cfg.vgg.conv_impl)
     model = build_network(cfg.model, rngs=nnx.Rngs(t.seed))
+    spec = NETWORKS[cfg.model.name]
+    if spec.from_loss_network is not None:  # e.g. AdaIN's encoder: the loss network's ImageNet weights
+        spec.from_loss_network(model, vgg)
     tx, schedule = make_optimizer(t.lr, steps, t.lr_schedule, t.warmup, t.clip_norm or None)
     encoder = Encoder(vgg, loss.layers)
     blend = cfg.style.blend_weights or None
@@ -131,7 +134,9 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
         grams = stack_targets([loss.style_targets(encoder, [s]) for s in sized])
     else:
         grams = loss.style_targets(encoder, sized, blend)
-    trainer = Trainer(model, encoder, loss, tx, grams, mesh, num_styles=len(styles) if cfg.style.multi else 1)
+    conditions = spec.conditions(cfg.model, styles) if spec.any_style else None  # AdaIN: the style images
+    trainer = Trainer(model, encoder, loss, tx, grams, mesh, num_styles=len(styles) if cfg.style.multi else 1,
+                      conditions=conditions)
     judge_for = lambda ss, b: Judge(encoder, loss, ss, b, encoder_params=trainer.consts[0],  # noqa: E731
                                     sharding=trainer.repl)
     judge = StyleJudges([judge_for([s], None) for s in styles]) if cfg.style.multi else judge_for(styles, blend)

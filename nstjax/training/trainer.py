@@ -8,7 +8,9 @@ global batch), so one step on N devices equals the same global batch on one devi
 A network of several styles (conditional instance norm, `style.multi=true`) draws style
 `(step * B + i) mod num_styles` for image i of step `step`'s batch: every style gets the same
 share of the images, and each image is judged against its own style's targets (stacked
-along a leading style axis).
+along a leading style axis). What the network is told about style i is row i of
+`conditions`: a one-hot row for conditional instance norm, the style image itself for an
+any-style network (AdaIN), which then learns from every style of the list.
 """
 from __future__ import annotations
 
@@ -61,11 +63,16 @@ class Trainer:
     """Holds the compiled, sharded train step and the model's graph definition."""
 
     def __init__(self, model: nnx.Module, encoder: Encoder, loss: PerceptualLoss, tx: optax.GradientTransformation,
-                 grams: Mapping[str, jax.Array], mesh: Mesh, num_styles: int = 1):
+                 grams: Mapping[str, jax.Array], mesh: Mesh, num_styles: int = 1,
+                 conditions: np.ndarray | None = None):
         if not loss.style_layers:
             raise NstjaxError("loss.style_layers: a style network needs at least one style layer")
         self.loss = loss
         self.num_styles = int(num_styles)  # > 1: `grams` leaves have a leading style axis
+        if conditions is None and self.num_styles > 1:
+            conditions = np.eye(self.num_styles, dtype=np.float32)  # conditional norm: style i's row
+        if conditions is not None and len(conditions) != self.num_styles:
+            raise NstjaxError(f"{len(conditions)} style conditions for {self.num_styles} styles")
         self.encoder = encoder
         self.mesh = mesh
         self.tx = tx
@@ -74,13 +81,14 @@ class Trainer:
         self.graphdef, params = nnx.split(model, nnx.Param)
         self.params = jax.device_put(params, self.repl)
         self.opt_state = jax.device_put(tx.init(self.params), self.repl)
-        self.consts = jax.device_put((encoder.params, dict(grams)), self.repl)
+        # (loss network params, style targets, per-style network inputs or None)
+        self.consts = jax.device_put((encoder.params, dict(grams), conditions), self.repl)
         self._step = jax.jit(self._train_step, donate_argnums=(0, 1),
                              in_shardings=(self.repl, self.repl, self.data_sharding, self.repl, self.repl),
                              out_shardings=(self.repl, self.repl, self.repl))
         self._eval = jax.jit(self._eval_terms, in_shardings=(self.repl, self.data_sharding, self.repl),
                              out_shardings=self.repl)
-        self._stylize = jax.jit(self._apply, out_shardings=self.repl)
+        self._stylize = jax.jit(self._apply, out_shardings=self.repl)  # (params, x, first_style, conditions)
         self._photo_style = jax.jit(self._photo_terms)
 
     # ---- pure functions (traced once) -------------------------------------------------
@@ -88,11 +96,11 @@ class Trainer:
         """The styles of a batch's images: (first + i) mod num_styles."""
         return (first + jnp.arange(batch, dtype=jnp.int32)) % self.num_styles
 
-    def _apply(self, params, x, first_style=0):
+    def _apply(self, params, x, first_style, conditions):
         model = nnx.merge(self.graphdef, params)
-        if self.num_styles == 1:
+        if conditions is None:
             return model(x)
-        return model(x, jax.nn.one_hot(self.style_ids(first_style, x.shape[0]), self.num_styles))
+        return model(x, conditions[self.style_ids(first_style, x.shape[0])])
 
     def _evaluate(self, y, fy, fx, grams, first_style) -> dict[str, jax.Array]:
         """The objective of a batch: per image against its own style's targets when there
@@ -106,16 +114,26 @@ class Trainer:
         return jax.tree.map(jnp.mean, terms)
 
     def _terms(self, params, x, consts, first_style=0) -> dict[str, jax.Array]:
-        encoder_params, grams = consts
-        y = self._apply(params, x, first_style)
+        encoder_params, grams, conditions = consts
+        y = self._apply(params, x, first_style, conditions)
         fy = self.encoder(encoder_params, y, self.loss.layers)  # one pass for every loss on y
-        # Content targets: the photo's own features, a shallow pass only.
         names = self.loss.content_names
-        fx = jax.lax.stop_gradient(self.encoder(encoder_params, x, names)) if names else {}
+        fx = self._network_content_targets(params, x, first_style, conditions) if names else {}
+        if fx is None:  # content targets: the photo's own features, a shallow pass only
+            fx = jax.lax.stop_gradient(self.encoder(encoder_params, x, names))
         return self._evaluate(y, fy, fx, grams, first_style)
 
+    def _network_content_targets(self, params, x, first_style, conditions) -> dict[str, jax.Array] | None:
+        """A network that says what its content should match (AdaIN: its own stylized
+        features) supplies the content targets; None: the photo's features."""
+        model = nnx.merge(self.graphdef, params)
+        if conditions is None or not hasattr(model, "content_targets"):
+            return None
+        return model.content_targets(x, conditions[self.style_ids(first_style, x.shape[0])],
+                                     self.loss.content_names)
+
     def _photo_terms(self, x, consts) -> dict[str, jax.Array]:
-        encoder_params, grams = consts
+        encoder_params, grams, _ = consts
         fx = self.encoder(encoder_params, x, self.loss.layers)
         return self._evaluate(x, fx, fx, grams, 0)
 
@@ -156,7 +174,8 @@ class Trainer:
         """The network's outputs for host images (the same on every process), on every process;
         a multi-style network draws image i in style (first_style + i) mod num_styles."""
         x = jax.device_put(images, self.repl)
-        return np.clip(np.asarray(self._stylize(self.params, x, np.int32(first_style))), 0.0, 1.0)
+        out = self._stylize(self.params, x, np.int32(first_style), self.consts[2])
+        return np.clip(np.asarray(out), 0.0, 1.0)
 
     def put_batch(self, batch: np.ndarray) -> jax.Array:
         """A global batch that every process holds whole (e.g. the validation photos)."""
