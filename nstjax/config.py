@@ -322,9 +322,7 @@ class TrainConfig:
     assets_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
-        from nstjax.networks import model_config
-
-        from nstjax.networks import NETWORKS
+        from nstjax.networks import NETWORKS, model_config
 
         self.model = model_config(self.model)
         if NETWORKS[self.model.name].any_style:  # learns from a list of styles; no per-style rows

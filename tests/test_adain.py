@@ -45,7 +45,7 @@ def test_folding_a_style_image_or_a_mix_is_exact(assets, vgg, image):
     cfg, fixed, record = fix_style(SMALL, flat, "candy", "t", load_style=styles.__getitem__)
     assert cfg["fixed_style"] and record == {"candy": 1.0}
     runner_for(cfg).check(fixed, "fixed", "")
-    want = np.asarray(model(jnp.asarray(x), jnp.asarray(style_view(styles["candy"], 64))[None]))
+    want = np.asarray(model(jnp.asarray(x), model.style_rows(jnp.asarray(style_view(styles["candy"], 64))[None])))
     got = np.asarray(runner_for(cfg).apply(fixed, jnp.asarray(x)))
     assert got.shape == x.shape
     assert np.abs(got - want).max() < 1e-4 * max(1.0, np.abs(want).max())
@@ -82,11 +82,16 @@ def test_a_short_run_learns_to_stylize_with_paintings_it_never_saw(assets, vgg):
     targets = {n: loss.style_targets(encoder, [style_view(styles[n], 64)]) for n in styles}
     model, before = trained_like(vgg)
     trainer = Trainer(model, encoder, loss, optax.adam(1e-3), stack_targets([targets[n] for n in train]),
-                      make_mesh(), num_styles=4, conditions=NETWORKS["adain"].conditions(cfg, [styles[n] for n in train]))
+                      make_mesh(), num_styles=4,
+                      conditions=NETWORKS["adain"].conditions(model, cfg, [styles[n] for n in train]))
     photos = load_val_images(f"{assets}/data/photos/train", 48, limit=64)
     val = load_val_images(f"{assets}/data/photos/val", 48, limit=4)
 
-    apply = jax.jit(lambda p, x, s: nnx.merge(trainer.graphdef, p)(x, s))
+    def stylized(p, x, s):
+        net = nnx.merge(trainer.graphdef, p)
+        return net(x, net.style_rows(s))
+
+    apply = jax.jit(stylized)
 
     def moment_loss(name: str, images=None) -> float:
         if images is None:

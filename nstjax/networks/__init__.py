@@ -10,7 +10,7 @@ also pass `onnx=`: a function of (config, flat float32 params) returning an
 (`num_styles` > 1 in its config) takes `(images, style_weights)` and passes `select_style=`:
 (config, flat params, weights) -> a single-style (config, params), which every server and
 exporter then handles as any other network. A network conditioned on style *images* (AdaIN,
-`adain.py`) passes `conditions=` (config, style images) -> its per-style inputs for training,
+`adain.py`) passes `conditions=` (model, config, style images) -> its per-style inputs for training,
 and `fix_image_style=` (config, params, images, weights) -> a single-style (config, params);
 one that embeds VGG layers passes `from_loss_network=` (model, VGG19) to start from its weights.
 """
@@ -41,7 +41,7 @@ class NetworkSpec:
     size_multiple: int = 1  # the network pads inputs to a multiple of this (exporters need it)
     onnx: Callable[[Any, Mapping[str, Any]], Any] | None = None  # (config, params) -> OnnxGraph; None: no ONNX
     select_style: Callable[[Any, Mapping[str, Any], np.ndarray], tuple[Any, dict[str, Any]]] | None = None
-    conditions: Callable[[Any, list[np.ndarray]], np.ndarray] | None = None  # style images -> per-style inputs
+    conditions: Callable[[nnx.Module, Any, list[np.ndarray]], np.ndarray] | None = None  # per-style inputs
     fix_image_style: Callable[..., tuple[Any, dict[str, Any]]] | None = None  # (cfg, params, images, weights)
     from_loss_network: Callable[[nnx.Module, Any], None] | None = None  # (model, VGG19): copy its weights in
 

@@ -150,9 +150,10 @@ class Decoder(nnx.Module):
 
 
 class AdainNet(nnx.Module):
-    """`(photos, styles)` -> stylized photos, NHWC in [0, 1]; any H, W (reflect-padded to a
-    multiple of 8 and cropped back). `styles`: (B, S, S, 3) style images (`style_view`).
-    With `fixed_style`, `photos` alone, stylized with the folded-in statistics."""
+    """`(photos, style)` -> stylized photos, NHWC in [0, 1]; any H, W (reflect-padded to a
+    multiple of 8 and cropped back). `style`: (B, 2, 512), each style's relu4_1 channel means
+    and standard deviations (`style_rows` of its image): the encoder is frozen, so training
+    computes them once per style, not per step. With `fixed_style`, `photos` alone."""
 
     def __init__(self, cfg: AdainConfig, *, rngs: nnx.Rngs) -> None:
         dtype = jnp.dtype(cfg.dtype)
@@ -164,23 +165,24 @@ class AdainNet(nnx.Module):
         self.fixed_style = cfg.fixed_style
         self.content_target = cfg.content_target
 
-    def style_statistics(self, styles: Array) -> tuple[Array, Array]:
-        """(B, S, S, 3) style images -> their relu4_1 channel means and std, (B, 1, 1, 512) each."""
-        return moments(self.encoder(styles))
+    def style_rows(self, images: Array) -> Array:
+        """(B, S, S, 3) style images (`style_view`) -> (B, 2, 512): relu4_1 channel means, stds."""
+        mean, std = moments(self.encoder(images))
+        return jnp.stack([mean[:, 0, 0], std[:, 0, 0]], axis=1)
 
-    def __call__(self, x: Array, styles: Array | None = None) -> Array:
+    def _statistics(self, style: Array | None) -> tuple[Array, Array]:
         if self.fixed_style:
-            mean, std = self.style_mean[...][None, None, None], self.style_std[...][None, None, None]
-        else:
-            if styles is None:
-                raise NstjaxError("model adain: stylizing needs a style image (choose one with model_style=PATH)")
-            mean, std = self.style_statistics(styles)
+            return self.style_mean[...][None, None, None], self.style_std[...][None, None, None]
+        if style is None:
+            raise NstjaxError("model adain: stylizing needs a style image (choose one with model_style=PATH)")
+        return style[:, 0, None, None, :], style[:, 1, None, None, :]
+
+    def __call__(self, x: Array, style: Array | None = None) -> Array:
         x, crop = pad_to_multiple(x, SIZE_MULTIPLE, jnp)
-        y = self.decoder(adain(self.encoder(x), mean, std) * FEATURE_SCALE)
+        y = self.decoder(adain(self.encoder(x), *self._statistics(style)) * FEATURE_SCALE)
         return crop(y)
 
-
-    def content_targets(self, x: Array, styles: Array, layers: Sequence[str]) -> dict[str, Array] | None:
+    def content_targets(self, x: Array, style: Array, layers: Sequence[str]) -> dict[str, Array] | None:
         """What training judges the output's content against: the AdaIN features themselves,
         at relu4_1 (Huang & Belongie), or None: the photo's own features (`content_target`)."""
         if self.content_target != "adain":
@@ -188,7 +190,7 @@ class AdainNet(nnx.Module):
         if tuple(layers) != ("relu4_1",):
             raise NstjaxError(f"model.content_target=adain judges content at relu4_1 only; loss.content_layers "
                               f"is {list(layers)} (set loss.content_layers=[relu4_1] or model.content_target=photo)")
-        return {"relu4_1": jax.lax.stop_gradient(adain(self.encoder(x), *self.style_statistics(styles)))}
+        return {"relu4_1": jax.lax.stop_gradient(adain(self.encoder(x), *self._statistics(style)))}
 
 
 def build(cfg: AdainConfig, rngs: nnx.Rngs) -> AdainNet:
@@ -202,9 +204,12 @@ def from_loss_network(model: AdainNet, vgg: Any) -> None:
         conv.bias.set_value(jnp.array(vgg.convs[name].bias[...], jnp.float32, copy=True))
 
 
-def conditions(cfg: AdainConfig, styles: Sequence[np.ndarray]) -> np.ndarray:
-    """What the network is conditioned on per style during training: each style as seen."""
-    return np.stack([style_view(s, cfg.style_size) for s in styles])
+def conditions(model: AdainNet, cfg: AdainConfig, styles: Sequence[np.ndarray]) -> np.ndarray:
+    """What the network is conditioned on per style during training: each style's `style_rows`,
+    computed once with its (frozen) encoder. (N, 2, 512)."""
+    rows = nnx.jit(lambda m, s: m.style_rows(s))
+    return np.concatenate([np.asarray(rows(model, jnp.asarray(style_view(s, cfg.style_size))[None]))
+                           for s in styles])
 
 
 def fix_style(cfg: AdainConfig, params: Mapping[str, Any], styles: Sequence[np.ndarray], weights: np.ndarray

@@ -134,7 +134,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
         grams = stack_targets([loss.style_targets(encoder, [s]) for s in sized])
     else:
         grams = loss.style_targets(encoder, sized, blend)
-    conditions = spec.conditions(cfg.model, styles) if spec.any_style else None  # AdaIN: the style images
+    conditions = spec.conditions(model, cfg.model, styles) if spec.any_style else None  # AdaIN: style stats
     trainer = Trainer(model, encoder, loss, tx, grams, mesh, num_styles=len(styles) if cfg.style.multi else 1,
                       conditions=conditions)
     judge_for = lambda ss, b: Judge(encoder, loss, ss, b, encoder_params=trainer.consts[0],  # noqa: E731

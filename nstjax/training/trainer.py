@@ -9,8 +9,8 @@ A network of several styles (conditional instance norm, `style.multi=true`) draw
 `(step * B + i) mod num_styles` for image i of step `step`'s batch: every style gets the same
 share of the images, and each image is judged against its own style's targets (stacked
 along a leading style axis). What the network is told about style i is row i of
-`conditions`: a one-hot row for conditional instance norm, the style image itself for an
-any-style network (AdaIN), which then learns from every style of the list.
+`conditions`: a one-hot row for conditional instance norm, the style image's statistics for
+an any-style network (AdaIN), which then learns from every style of the list.
 """
 from __future__ import annotations
 
